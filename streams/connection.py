@@ -1,0 +1,58 @@
+"""One way to get a Redis client: the server at a URL, or the embedded one under the data directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from streams.embedded import EmbeddedRedis, EmbeddedRedisError
+
+# Ride out a Redis restart or failover of a few seconds before reporting the server as gone.
+_RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=6)
+_RETRY_ON = [redis.ConnectionError, redis.TimeoutError]
+
+
+class RedisUnavailableError(RuntimeError):
+    """No Redis server answered."""
+
+
+def embedded_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "redis"
+
+
+def connect(redis_url: str, data_dir: Path, *, start_embedded: bool = True) -> redis.Redis:
+    """A checked client for `redis_url`, or for the embedded server under `data_dir` when it is empty."""
+    if redis_url:
+        client = redis.Redis.from_url(
+            redis_url,
+            retry=_RETRY,
+            retry_on_error=_RETRY_ON,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+        )
+        where = redis_url
+    else:
+        server = EmbeddedRedis(embedded_dir(data_dir))
+        if start_embedded:
+            try:
+                server.start()
+            except (EmbeddedRedisError, OSError) as err:
+                raise RedisUnavailableError(f"embedded Redis under {server.directory}: {err}") from err
+        client = server.client(retry=_RETRY, retry_on_error=_RETRY_ON, health_check_interval=30)
+        where = f"embedded Redis at {server.socket_path}"
+    try:
+        client.ping()
+    except redis.RedisError as err:
+        raise RedisUnavailableError(f"cannot reach {where}: {err}") from err
+    return client
+
+
+def stop_embedded(data_dir: Path) -> None:
+    EmbeddedRedis(embedded_dir(data_dir)).stop()
+
+
+def server_version(client: redis.Redis) -> str:
+    return str(client.info("server")["redis_version"])
