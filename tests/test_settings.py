@@ -1,0 +1,47 @@
+from pathlib import Path
+
+import pytest
+
+from app.settings import ConfigError, load_settings, settings_table
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_environment_prefix_and_redis_url_alias(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RETENTIVE_BATCH_SIZE", "8")
+    monkeypatch.setenv("REDIS_URL", "redis://example:6379/0")
+    settings = load_settings()
+    assert settings.batch_size == 8
+    assert settings.redis_url == "redis://example:6379/0"
+
+
+def test_explicit_override_beats_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RETENTIVE_REDIS_URL", "redis://from-env:6379/0")
+    assert load_settings(redis_url="redis://flag:6379/0").redis_url == "redis://flag:6379/0"
+
+
+def test_keys_are_comma_separated_and_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RETENTIVE_API_KEYS", "alpha, beta ,")
+    assert [key.get_secret_value() for key in load_settings().api_keys] == ["alpha", "beta"]
+    assert "alpha" not in repr(load_settings())
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"batch_size": -1}, "RETENTIVE_BATCH_SIZE"),
+        ({"model": "/no/such/model"}, "RETENTIVE_MODEL"),
+        ({"migu_quantile": 1.5}, "RETENTIVE_MIGU_QUANTILE"),
+        ({"strategy": "magic"}, "RETENTIVE_STRATEGY"),
+        ({"key_prefix": "a b"}, "RETENTIVE_KEY_PREFIX"),
+    ],
+)
+def test_bad_value_names_the_setting(override: dict, named: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(**override)
+    assert str(err.value).startswith(f"{named}: ")
+    assert "\n" not in str(err.value)
+
+
+def test_readme_configuration_matches_the_settings() -> None:
+    assert settings_table() in README.read_text(), "regenerate with: python -m app.settings"
