@@ -1,0 +1,36 @@
+"""What a user should see before starting the service: model, torch, Redis, data directory, disk."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from app.settings import Settings
+from learner.encoder import load_encoder, looks_like_path, parameter_count
+from streams.connection import connect, embedded_dir, server_version
+
+
+def doctor_report(settings: Settings) -> list[tuple[str, str]]:
+    """Rows of (what, value), each read from the running system; raises on a setting that cannot work."""
+    rows = [("model", settings.model)]
+    rows.append(("model files", _model_files_size(settings.model)))
+    _, encoder = load_encoder(settings.model)
+    rows.append(("model parameters", f"{parameter_count(encoder) / 1e6:.1f}M ({type(encoder).__name__})"))
+    rows.append(("torch", f"{torch.__version__}, {torch.get_num_threads()} threads available"))
+    rows.append(("thread budget", f"api {settings.api_threads}, learner {settings.learner_threads}"))
+    client = connect(settings.redis_url, settings.data_dir)
+    where = settings.redis_url or f"embedded, files in {embedded_dir(settings.data_dir).resolve()}"
+    rows.append(("redis", f"{where} (server {server_version(client)})"))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    rows.append(("data dir", str(settings.data_dir.resolve())))
+    rows.append(("free disk", f"{shutil.disk_usage(settings.data_dir).free / 2**30:.1f} GiB"))
+    return rows
+
+
+def _model_files_size(model: str) -> str:
+    if not looks_like_path(model):
+        return "hub model (size known once cached)"
+    total = sum(f.stat().st_size for f in Path(model).expanduser().rglob("*") if f.is_file())
+    return f"{total / 2**20:.1f} MiB on disk"

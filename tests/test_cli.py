@@ -1,0 +1,88 @@
+"""The `retentive` command as a user runs it: a real process, real Redis."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from streams.connection import stop_embedded
+from tests.conftest import TEST_REDIS_URL
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run(
+        ["retentive", *args], capture_output=True, text=True, env=full_env, timeout=120, check=False
+    )
+
+
+def test_version_matches_the_package() -> None:
+    result = run_cli("version")
+    assert result.returncode == 0
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*\n", result.stdout)
+
+
+def test_help_lists_the_commands() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("doctor", "serve", "version"):
+        assert command in result.stdout
+
+
+def test_doctor_with_embedded_redis_reports_real_values(tmp_path: Path) -> None:
+    try:
+        result = run_cli("doctor", "--data-dir", str(tmp_path))
+    finally:
+        stop_embedded(tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = dict(
+        line.split(None, 1)
+        for line in result.stdout.replace("model files", "model_files").splitlines()
+        if line.startswith(("redis", "torch", "model_files"))
+    )
+    assert re.match(r"embedded, files in .*\(server 6\.\d+\.\d+\)", report["redis"])
+    assert re.match(r"\d+\.\d+\.\d+.*\d+ threads available", report["torch"])
+    assert "22.7M" in result.stdout
+    assert f"data dir          {tmp_path}" in result.stdout
+
+
+@pytest.mark.skipif(not TEST_REDIS_URL, reason="RETENTIVE_TEST_REDIS_URL is not set")
+def test_doctor_with_redis_url_reports_that_server(tmp_path: Path) -> None:
+    result = run_cli("doctor", "--data-dir", str(tmp_path), env={"REDIS_URL": TEST_REDIS_URL})
+    assert result.returncode == 0, result.stderr
+    assert re.search(rf"redis\s+{re.escape(TEST_REDIS_URL)} \(server \d+\.\d+\.\d+\)", result.stdout)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--model", "/no/such/model"], {}, "RETENTIVE_MODEL: no model directory at /no/such/model"),
+        (
+            ["--redis-url", "redis://127.0.0.1:1/0"],
+            {},
+            "RETENTIVE_REDIS_URL: cannot reach redis://127.0.0.1:1/0",
+        ),
+        ([], {"RETENTIVE_BATCH_SIZE": "-1"}, "RETENTIVE_BATCH_SIZE: Input should be greater than 0"),
+    ],
+)
+def test_bad_configuration_is_one_clear_line(args: list[str], env: dict[str, str], named: str) -> None:
+    result = run_cli("doctor", *args, env=env)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {named}")
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_readme_install_steps_are_the_ones_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    install = re.search(r"```bash\n(pip install [^\n]*)\n```", readme).group(1)
+    steps = [step.strip() for step in install.split("&&") if step.strip().startswith("pip install")]
+    assert steps and all(step in ci for step in steps)
+    assert "python -m pytest" in readme and "python -m pytest" in ci
