@@ -1,0 +1,315 @@
+"""Probe sets: frozen, labelled examples the learner is measured on and never trains on.
+
+Two sources feed them. A user registers a probe by name ("registered"), or the stream itself gives up a
+small, deterministic fraction of its examples ("held_out"). Held-out examples are grouped per label and
+per arrival window, so that forgetting can be read as "how well does the model still do on what it saw
+around position N", without any notion of tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Source = Literal["registered", "held_out"]
+REGISTERED: Source = "registered"
+HELD_OUT: Source = "held_out"
+
+MAX_NAME_LENGTH = 64
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_PLAIN_LABEL = re.compile(r"[A-Za-z0-9_.-]{1,40}")
+_LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_SLUG_KEEP = 24
+
+
+def example_key(text: str, client_id: str | None = None) -> str:
+    """Routing key of an example: its client id when it has one, else its text.
+
+    The two kinds are prefixed differently so an id can never collide with a text that spells it.
+    """
+    return f"id:{client_id}" if client_id is not None else f"text:{text}"
+
+
+def held_out(key: str, fraction: float) -> bool:
+    """True when the example with this key belongs to the held-out fraction of the stream.
+
+    The hash is blake2b, not the built-in hash(), which is salted per process: the same key gets the same
+    answer in every process and on every restart, so an example is never trained on in one run and
+    probed in the next.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"held-out fraction must be in [0, 1), got {fraction!r}")
+    if fraction == 0.0:
+        return False
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64 < fraction
+
+
+def validate_name(name: object) -> str:
+    """The name itself when valid for a registered probe, else a ValueError saying what is allowed."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or set(name) == {"."}:
+        raise ValueError(
+            f"invalid probe name {name!r}: use 1-{MAX_NAME_LENGTH} characters from letters, digits, "
+            "'_', '.' and '-' (and not only dots)"
+        )
+    return name
+
+
+def label_slug(label: str) -> str:
+    """The label as it appears in held-out probe names: itself when plain, else escaped and hash-suffixed.
+
+    Plain labels never contain '~' and escaped ones always do, followed by a hash of the whole label, so
+    two different labels never share a slug (short of a 40-bit hash collision between labels that also
+    escape to the same readable prefix).
+    """
+    if _PLAIN_LABEL.fullmatch(label):
+        return label
+    readable = _LABEL_UNSAFE.sub("_", label)[:_SLUG_KEEP]
+    digest = hashlib.blake2b(label.encode("utf-8"), digest_size=5).hexdigest()
+    return f"{readable}~{digest}"
+
+
+def held_out_name(label: str, window: int) -> str:
+    """Name of the held-out probe set for this label and arrival window."""
+    return f"held_out:{label_slug(label)}:w{window}"
+
+
+def _check_example(text: object, label: object) -> tuple[str, str]:
+    if not isinstance(text, str) or not text:
+        raise ValueError("probe example text must be a non-empty string")
+    if not isinstance(label, str) or not label:
+        raise ValueError("probe example label must be a non-empty string")
+    return text, label
+
+
+@dataclass
+class ProbeSet:
+    """A named set of labelled examples; it takes no more examples once it holds `capacity`."""
+
+    name: str
+    source: Source
+    examples: list[tuple[str, str]]
+    created_at_update: int
+    capacity: int
+    # Only held-out sets have these: the label they collect and their arrival window index.
+    label: str | None = None
+    window: int | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.examples)
+
+    @property
+    def full(self) -> bool:
+        return self.size >= self.capacity
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "examples": [[text, label] for text, label in self.examples],
+            "created_at_update": self.created_at_update,
+            "capacity": self.capacity,
+            "label": self.label,
+            "window": self.window,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProbeSet:
+        """Inverse of `to_dict`."""
+        source = data["source"]
+        if source not in (REGISTERED, HELD_OUT):
+            raise ValueError(f"unknown probe source {source!r}")
+        label, window = data.get("label"), data.get("window")
+        if source == HELD_OUT and (not isinstance(label, str) or not isinstance(window, int)):
+            raise ValueError(f"held-out probe {data['name']!r} needs a label and a window index")
+        return cls(
+            name=str(data["name"]),
+            source=source,
+            examples=[_check_example(text, gold) for text, gold in data["examples"]],
+            created_at_update=int(data["created_at_update"]),
+            capacity=int(data["capacity"]),
+            label=label,
+            window=window,
+        )
+
+
+class ProbeRegistry:
+    """All probe sets of a learner, registered and held out.
+
+    Registered probes are named by the user, hold at most `max_per_probe` examples and are frozen on
+    registration. Held-out sets are named `held_out:{label}:w{window}` (see `label_slug`); the ':' keeps
+    them apart from registered names, which cannot contain it, so a user can never overwrite one.
+
+    Bounds: a held-out set freezes at `max_per_probe` examples, so its accuracy stays comparable over
+    time; at most `max_probes` held-out sets exist, and making room for a new one retires (drops) the
+    oldest one, i.e. the one with the smallest window index (ties broken by name). A set is only retired
+    for one from a strictly later window; otherwise the new example overflows. At most `max_probes`
+    registered probes exist. Retired names are queued for `drain_retired()` so the caller can drop their
+    metric history.
+
+    Positions given to `add_held_out` are expected to grow with the stream: an example that lands in an
+    already retired window starts that window's set anew.
+    """
+
+    def __init__(self, max_per_probe: int = 200, window: int = 1000, max_probes: int = 1000) -> None:
+        if max_per_probe < 1 or window < 1 or max_probes < 1:
+            raise ValueError("max_per_probe, window and max_probes must all be at least 1")
+        self.max_per_probe = max_per_probe
+        self.window = window
+        self.max_probes = max_probes
+        self._probes: dict[str, ProbeSet] = {}
+        self._retired: list[str] = []
+        self.held_out = 0
+        self.overflow = 0
+        self.retired = 0
+
+    def __len__(self) -> int:
+        return len(self._probes)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._probes
+
+    def get(self, name: str) -> ProbeSet | None:
+        return self._probes.get(name)
+
+    def probes(self) -> list[ProbeSet]:
+        """Every probe set, sorted by name; none of them is empty."""
+        return [self._probes[name] for name in sorted(self._probes)]
+
+    def register(self, name: str, examples: Iterable[Sequence[str]], updates: int) -> ProbeSet:
+        """Create or replace the registered probe `name` from (text, label) pairs.
+
+        Replacing starts a new probe: the caller should drop the old one's metric history.
+        """
+        validate_name(name)
+        pairs = []
+        for example in examples:
+            if len(example) != 2:
+                raise ValueError("each probe example must be a (text, label) pair")
+            pairs.append(_check_example(example[0], example[1]))
+        if not pairs:
+            raise ValueError("a probe needs at least one example")
+        if len(pairs) > self.max_per_probe:
+            raise ValueError(f"a probe holds at most {self.max_per_probe} examples, got {len(pairs)}")
+        if name not in self._probes and self._count(REGISTERED) >= self.max_probes:
+            raise ValueError(f"at most {self.max_probes} registered probes may exist")
+        probe = ProbeSet(
+            name=name, source=REGISTERED, examples=pairs, created_at_update=updates, capacity=len(pairs)
+        )
+        self._probes[name] = probe
+        return probe
+
+    def remove(self, name: str) -> bool:
+        """Delete a probe set of either source; False when there was none of that name."""
+        return self._probes.pop(name, None) is not None
+
+    def add_held_out(self, text: str, label: str, position: int, updates: int) -> str | None:
+        """Store a held-out example in its label/window set; the set's name, or None when it overflowed.
+
+        Either way the example was held out and must not be trained on.
+        """
+        _check_example(text, label)
+        if position < 0:
+            raise ValueError(f"stream position must be non-negative, got {position}")
+        self.held_out += 1
+        window = position // self.window
+        name = held_out_name(label, window)
+        probe = self._probes.get(name)
+        if probe is None:
+            if not self._make_room(window):
+                self.overflow += 1
+                return None
+            probe = ProbeSet(
+                name=name,
+                source=HELD_OUT,
+                examples=[],
+                created_at_update=updates,
+                capacity=self.max_per_probe,
+                label=label,
+                window=window,
+            )
+            self._probes[name] = probe
+        if probe.full:
+            self.overflow += 1
+            return None
+        probe.examples.append((text, label))
+        return name
+
+    def drain_retired(self) -> list[str]:
+        """Names of held-out sets retired since the last call."""
+        retired, self._retired = self._retired, []
+        return retired
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable snapshot of the probes and counters (not the constructor settings)."""
+        return {
+            "probes": [probe.to_dict() for probe in self.probes()],
+            "held_out": self.held_out,
+            "overflow": self.overflow,
+            "retired": self.retired,
+            "pending_retired": list(self._retired),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Replace the registry's contents with a snapshot from `state_dict`."""
+        try:
+            probes = {}
+            for item in state["probes"]:
+                probe = ProbeSet.from_dict(item)
+                probes[probe.name] = probe
+            counters = (int(state["held_out"]), int(state["overflow"]), int(state["retired"]))
+            pending = [str(name) for name in state["pending_retired"]]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed probe registry state: {exc!r}") from exc
+        self._probes = probes
+        self.held_out, self.overflow, self.retired = counters
+        self._retired = pending
+
+    def _count(self, source: Source) -> int:
+        return sum(1 for probe in self._probes.values() if probe.source == source)
+
+    def _make_room(self, window: int) -> bool:
+        """Ensure a new held-out set for `window` fits, retiring the oldest set if it is older."""
+        held = [probe for probe in self._probes.values() if probe.source == HELD_OUT]
+        if len(held) < self.max_probes:
+            return True
+        oldest = min(held, key=lambda probe: (probe.window, probe.name))
+        if oldest.window is None or oldest.window >= window:
+            return False
+        del self._probes[oldest.name]
+        self._retired.append(oldest.name)
+        self.retired += 1
+        return True
+
+
+def evaluate(probes: Iterable[ProbeSet], predict: Callable[[list[str]], list[str]]) -> dict[str, float]:
+    """Accuracy of `predict` on each non-empty probe, by probe name.
+
+    `predict` is called once with the texts of all probes together (batching them is its job).
+    """
+    selected = [probe for probe in probes if probe.examples]
+    names = [probe.name for probe in selected]
+    if len(set(names)) != len(names):
+        raise ValueError("probe names must be unique")
+    if not selected:
+        return {}
+    texts = [text for probe in selected for text, _ in probe.examples]
+    predictions = list(predict(texts))
+    if len(predictions) != len(texts):
+        raise ValueError(f"predict returned {len(predictions)} labels for {len(texts)} texts")
+    accuracies = {}
+    start = 0
+    for probe in selected:
+        end = start + probe.size
+        correct = sum(
+            predicted == label
+            for predicted, (_, label) in zip(predictions[start:end], probe.examples, strict=True)
+        )
+        accuracies[probe.name] = correct / probe.size
+        start = end
+    return accuracies

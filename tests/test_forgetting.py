@@ -1,0 +1,243 @@
+import json
+
+import pytest
+
+from learner.forgetting import Alarm, AlarmPolicy, ForgettingTracker, TaskMetrics, task_metrics
+
+# task-based metrics
+
+
+def test_task_metrics_on_a_hand_computed_matrix():
+    # a[i][j]: accuracy on task j after training through task i.
+    matrix = [
+        [0.90, 0.10, 0.00],
+        [0.95, 0.80, 0.20],
+        [0.50, 0.70, 0.90],
+    ]
+    # aa = (0.5 + 0.7 + 0.9) / 3 = 0.7
+    # forgetting: task 0: max(0.90, 0.95) - 0.5 = 0.45; task 1: max(0.10, 0.80) - 0.7 = 0.10; mean 0.275
+    # bwt: task 0: 0.5 - 0.90 = -0.40; task 1: 0.7 - 0.80 = -0.10; mean -0.25
+    metrics = task_metrics(matrix)
+    assert metrics.aa == pytest.approx(0.7)
+    assert metrics.forgetting == pytest.approx(0.275)
+    assert metrics.bwt == pytest.approx(-0.25)
+
+
+def test_task_metrics_with_positive_transfer():
+    # Learning task 1 improved task 0: 0.6 -> 0.8; nothing was forgotten.
+    # aa = (0.8 + 0.9) / 2 = 0.85; forgetting = max(0.6) - 0.8 = -0.2; bwt = 0.8 - 0.6 = 0.2
+    metrics = task_metrics([[0.6, 0.3], [0.8, 0.9]])
+    assert metrics == TaskMetrics(
+        aa=pytest.approx(0.85), forgetting=pytest.approx(-0.2), bwt=pytest.approx(0.2)
+    )
+
+
+def test_task_metrics_single_task():
+    assert task_metrics([[0.75]]) == TaskMetrics(aa=0.75, forgetting=0.0, bwt=0.0)
+
+
+@pytest.mark.parametrize("matrix", [[], [[0.5, 0.5]], [[0.5, 0.5], [0.5]]])
+def test_task_metrics_needs_a_square_matrix(matrix):
+    with pytest.raises(ValueError, match="square"):
+        task_metrics(matrix)
+
+
+# tracker
+
+
+def _hand_sequence() -> ForgettingTracker:
+    tracker = ForgettingTracker()
+    tracker.record(10, 1, {"a": 0.5}, at="t1")
+    tracker.record(20, 2, {"a": 0.8, "b": 0.6}, at="t2")
+    tracker.record(30, 3, {"a": 0.7, "b": 0.9}, at="t3")
+    tracker.record(40, 4, {"a": 0.4, "b": 0.8}, at="t4")
+    return tracker
+
+
+def test_per_probe_metrics_on_a_hand_sequence():
+    tracker = _hand_sequence()
+    # a: 0.5, 0.8, 0.7, 0.4 -> first 0.5, best 0.8, forgetting 0.8 - 0.4 = 0.4, bwt 0.4 - 0.5 = -0.1
+    a = tracker.probe("a")
+    assert a is not None
+    assert a["accuracy"] == 0.4
+    assert a["first_accuracy"] == 0.5
+    assert a["best_accuracy"] == 0.8
+    assert a["forgetting"] == pytest.approx(0.4)
+    assert a["bwt"] == pytest.approx(-0.1)
+    assert [point["accuracy"] for point in a["history"]] == [0.5, 0.8, 0.7, 0.4]
+    assert a["history"][0] == {"updates": 10, "model_version": 1, "accuracy": 0.5}
+    # b appears at the second evaluation: 0.6, 0.9, 0.8 -> forgetting 0.1, bwt 0.2
+    b = tracker.probe("b")
+    assert b is not None
+    assert (b["first_accuracy"], b["best_accuracy"]) == (0.6, 0.9)
+    assert b["forgetting"] == pytest.approx(0.1)
+    assert b["bwt"] == pytest.approx(0.2)
+    assert tracker.probe("missing") is None
+
+
+def test_summary_on_a_hand_sequence():
+    summary = _hand_sequence().summary()
+    # mean accuracy (0.4 + 0.8) / 2; forgetting (0.4 + 0.1) / 2, max 0.4; bwt (-0.1 + 0.2) / 2
+    assert summary["mean_accuracy"] == pytest.approx(0.6)
+    assert summary["mean_forgetting"] == pytest.approx(0.25)
+    assert summary["max_forgetting"] == pytest.approx(0.4)
+    assert summary["bwt"] == pytest.approx(0.05)
+
+
+def test_probes_appearing_midway_are_none_in_earlier_rows():
+    tracker = _hand_sequence()
+    names, rows = tracker.matrix()
+    assert names == ["a", "b"]
+    assert rows == [[0.5, None], [0.8, 0.6], [0.7, 0.9], [0.4, 0.8]]
+    assert [ev["updates"] for ev in tracker.evaluations()] == [10, 20, 30, 40]
+    assert tracker.evaluations()[0] == {"updates": 10, "model_version": 1, "evaluated_at": "t1"}
+
+
+def test_empty_tracker_reports_nones_and_empty_lists():
+    tracker = ForgettingTracker()
+    assert tracker.summary() == {
+        "mean_accuracy": None,
+        "mean_forgetting": None,
+        "max_forgetting": None,
+        "bwt": None,
+    }
+    assert tracker.matrix() == ([], [])
+    assert tracker.report() == {
+        "model_version": None,
+        "updates": None,
+        "evaluated_at": None,
+        "summary": tracker.summary(),
+        "probes": [],
+        "alarms": [],
+    }
+    assert tracker.active_alarms() == [] and tracker.alarm_log() == []
+
+
+def test_report_shape():
+    tracker = _hand_sequence()
+    report = tracker.report(sizes={"a": 20}, sources={"a": "registered"}, history_limit=2)
+    assert (report["model_version"], report["updates"], report["evaluated_at"]) == (4, 40, "t4")
+    assert report["summary"] == tracker.summary()
+    assert [probe["name"] for probe in report["probes"]] == ["a", "b"]
+    a, b = report["probes"]
+    assert (a["size"], a["source"], b["size"], b["source"]) == (20, "registered", None, None)
+    assert [point["updates"] for point in a["history"]] == [30, 40]
+    assert set(a) >= {"name", "accuracy", "best_accuracy", "forgetting", "history"}
+    assert report["alarms"] == [tracker.active_alarms()[0].to_dict()]
+    assert report["alarms"][0]["probe"] == "a"
+    json.dumps(report)
+
+
+def test_default_time_is_utc_iso():
+    tracker = ForgettingTracker()
+    tracker.record(1, 1, {"a": 1.0})
+    at = tracker.evaluations()[0]["evaluated_at"]
+    assert at.endswith("+00:00")
+
+
+def test_alarm_fires_once_clears_and_fires_again():
+    tracker = ForgettingTracker(alarm_threshold=0.2)
+    assert tracker.record(1, 1, {"p": 1.0}) == []
+    assert tracker.record(2, 1, {"p": 0.85}) == []  # forgetting 0.15
+    fired = tracker.record(3, 2, {"p": 0.7}, at="t3")  # 0.3: crosses
+    assert fired == [
+        Alarm(probe="p", forgetting=0.3, best_accuracy=1.0, accuracy=0.7, updates=3, model_version=2, at="t3")
+    ]
+    assert tracker.record(4, 2, {"p": 0.6}) == []  # 0.4: still above, no new alarm
+    assert [alarm.probe for alarm in tracker.active_alarms()] == ["p"]
+    assert tracker.record(5, 3, {"p": 0.8}) == []  # 0.2: not above any more, clears
+    assert tracker.active_alarms() == []
+    again = tracker.record(6, 3, {"p": 0.75})  # 0.25: crosses again
+    assert [(alarm.probe, alarm.updates) for alarm in again] == [("p", 6)]
+    assert [alarm.updates for alarm in tracker.alarm_log()] == [3, 6]
+
+
+def test_alarm_threshold_is_not_crossed_by_rounding():
+    tracker = ForgettingTracker(alarm_threshold=0.2)
+    tracker.record(1, 1, {"p": 0.9})
+    assert tracker.record(2, 1, {"p": 0.7}) == []
+    assert tracker.probe("p")["forgetting"] == 0.2
+
+
+def test_alarm_clears_when_its_probe_leaves_and_log_is_bounded():
+    tracker = ForgettingTracker(alarm_threshold=0.1, max_alarm_log=2)
+    tracker.record(1, 1, {"p": 1.0, "q": 1.0})
+    assert len(tracker.record(2, 1, {"p": 0.5, "q": 0.5})) == 2
+    tracker.record(3, 1, {"q": 0.5})
+    assert [alarm.probe for alarm in tracker.active_alarms()] == ["q"]
+    tracker.record(4, 1, {"q": 1.0})
+    tracker.record(5, 1, {"q": 0.5})
+    assert [(alarm.probe, alarm.updates) for alarm in tracker.alarm_log()] == [("q", 2), ("q", 5)]
+
+
+def test_forget_drops_a_probe_and_a_replacement_starts_fresh():
+    tracker = _hand_sequence()
+    assert tracker.forget("a") is True
+    assert tracker.forget("a") is False
+    assert tracker.probe("a") is None
+    assert tracker.active_alarms() == []
+    names, rows = tracker.matrix()
+    assert names == ["b"]
+    assert rows == [[None], [0.6], [0.9], [0.8]]
+    tracker.record(50, 5, {"a": 0.3, "b": 0.8})
+    a = tracker.probe("a")
+    assert (a["first_accuracy"], a["best_accuracy"], a["forgetting"]) == (0.3, 0.3, 0.0)
+
+
+def test_history_is_bounded_but_first_and_best_stay_exact():
+    tracker = ForgettingTracker(max_history=3)
+    tracker.record(1, 1, {"a": 0.9, "gone": 0.5})
+    for updates, accuracy in [(2, 0.6), (3, 0.5), (4, 0.7), (5, 0.4)]:
+        tracker.record(updates, 1, {"a": accuracy})
+    a = tracker.probe("a")
+    assert [point["updates"] for point in a["history"]] == [3, 4, 5]
+    assert (a["first_accuracy"], a["best_accuracy"]) == (0.9, 0.9)
+    assert a["forgetting"] == pytest.approx(0.5)
+    # A probe no kept evaluation mentions is no longer tracked.
+    assert tracker.probe("gone") is None
+    assert tracker.matrix() == (["a"], [[0.5], [0.7], [0.4]])
+
+
+@pytest.mark.parametrize("accuracy", [-0.1, 1.5, float("nan")])
+def test_record_rejects_impossible_accuracies(accuracy):
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ForgettingTracker().record(1, 1, {"p": accuracy})
+
+
+def test_state_round_trip_is_exact():
+    tracker = _hand_sequence()
+    tracker.record(50, 5, {"a": 0.9, "b": 0.5})
+    state = tracker.state_dict()
+    restored = ForgettingTracker()
+    restored.load_state_dict(json.loads(json.dumps(state)))
+    assert restored.state_dict() == state
+    assert restored.report() == tracker.report()
+    assert restored.matrix() == tracker.matrix()
+    assert restored.alarm_log() == tracker.alarm_log()
+    # Alarm state survives: b is still active, so the next evaluation above threshold does not re-fire it.
+    assert [alarm.probe for alarm in restored.active_alarms()] == ["b"]
+    assert restored.record(60, 6, {"a": 0.9, "b": 0.5}) == []
+
+
+def test_malformed_state_is_refused():
+    tracker = _hand_sequence()
+    before = tracker.state_dict()
+    state = tracker.state_dict()
+    del state["probes"]["a"]
+    with pytest.raises(ValueError, match="no state for probes"):
+        tracker.load_state_dict(state)
+    with pytest.raises(ValueError, match="malformed"):
+        tracker.load_state_dict({"evaluations": []})
+    assert tracker.state_dict() == before
+
+
+def test_alarm_policy_values():
+    assert [policy.value for policy in AlarmPolicy] == ["alert", "pause", "rollback"]
+    assert AlarmPolicy("pause") is AlarmPolicy.PAUSE
+    assert AlarmPolicy.ALERT == "alert"
+
+
+@pytest.mark.parametrize("threshold", [-0.1, 1.0])
+def test_threshold_is_validated(threshold):
+    with pytest.raises(ValueError):
+        ForgettingTracker(alarm_threshold=threshold)
