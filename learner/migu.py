@@ -1,0 +1,221 @@
+"""Magnitude-gated updates (MIGU, arXiv 2406.17245).
+
+While a training forward runs inside ``MiguGate.measuring``, every gated ``nn.Linear``
+accumulates, per output row, the L1 magnitude of its output over the real tokens.
+After backward, ``row_masks`` keeps, in each layer, only the rows whose magnitude reaches
+the layer's ``quantile``-quantile; the optimizer then updates those rows alone
+(``GatedAdamW.step(masks)``, or ``zero_masked_grads`` for plain SGD).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+_STEP_KEY = "step"
+_EMA_PREFIX = "ema."
+
+
+class MiguGate:
+    """Measures output-row magnitudes of linear layers and turns them into row masks."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        quantile: float = 0.7,
+        *,
+        exclude: Iterable[nn.Module] = (),
+        ema: float | None = None,
+        warmup_steps: int = 0,
+        exclude_padding: bool = True,
+        mask_bias: bool = True,
+    ) -> None:
+        if not 0.0 <= quantile < 1.0:
+            raise ValueError(f"quantile must lie in [0, 1) (0 keeps every row), got {quantile}")
+        if ema is not None and not 0.0 <= ema < 1.0:
+            raise ValueError(f"ema must be None or lie in [0, 1), got {ema}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        self.quantile = float(quantile)
+        self.ema = ema
+        self.warmup_steps = warmup_steps
+        self.exclude_padding = exclude_padding
+        self.mask_bias = mask_bias
+        # Excluding a container excludes every linear layer inside it.
+        excluded = {id(m) for root in exclude for m in root.modules()}
+        self.layers: dict[str, nn.Linear] = {
+            name: module
+            for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and id(module) not in excluded
+        }
+        self._steps = 0
+        self._sums: dict[str, Tensor] = {}
+        self._ema_magnitudes: dict[str, Tensor] = {}
+        self._stats: dict[str, Tensor] = {}
+        self._handles: list[RemovableHandle] = []
+        self._token_mask: Tensor | None = None
+
+    @property
+    def steps(self) -> int:
+        """Number of ``row_masks`` calls so far (warmup included)."""
+        return self._steps
+
+    @contextmanager
+    def measuring(self, attention_mask: Tensor | None) -> Iterator[None]:
+        """Accumulate row magnitudes of every forward run inside the block.
+
+        ``attention_mask`` is (batch, tokens) of 0/1; tokens where it is 0 are ignored when
+        ``exclude_padding`` is set. Hooks exist only inside the block.
+        """
+        if self._handles:
+            raise RuntimeError("MiguGate.measuring blocks cannot be nested")
+        if attention_mask is not None and self.exclude_padding:
+            self._token_mask = attention_mask.detach()
+        try:
+            for name, layer in self.layers.items():
+                self._handles.append(layer.register_forward_hook(self._hook_for(name)))
+            yield
+        finally:
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+            self._token_mask = None
+
+    def _hook_for(self, name: str) -> Callable[[nn.Module, tuple, Tensor], None]:
+        def hook(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
+            out = output.detach().abs()
+            mask = self._token_mask
+            if mask is not None and out.ndim >= 3 and out.shape[:2] == mask.shape:
+                mask = mask.to(device=out.device, dtype=out.dtype)
+                row_sum = torch.einsum("bt...o,bt->o", out, mask).float()
+            else:
+                # No token axis (e.g. a pooler) or no mask: every position counts.
+                row_sum = out.sum(dim=tuple(range(out.ndim - 1)), dtype=torch.float32)
+            acc = self._sums.get(name)
+            if acc is None:
+                self._sums[name] = row_sum
+            else:
+                acc.add_(row_sum)
+
+        return hook
+
+    def row_masks(self) -> dict[nn.Parameter, Tensor]:
+        """Turn the last measured step into bool row masks, one per gated weight (and bias).
+
+        Call once per optimizer step, after backward. Each call counts as one step and
+        clears the accumulated magnitudes; during the first ``warmup_steps`` calls every
+        row is kept.
+        """
+        # A layer the forward never reached has no magnitude: all zeros, so every row stays kept.
+        sums, self._sums = self._sums, {}
+        magnitudes = [
+            sums[name] if name in sums else layer.weight.new_zeros(layer.out_features, dtype=torch.float32)
+            for name, layer in self.layers.items()
+        ]
+        if magnitudes and dist.is_available() and dist.is_initialized():
+            # One collective for all layers: every rank must gate on the same global magnitudes.
+            flat = torch.cat([m.to(magnitudes[0].device) for m in magnitudes])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            magnitudes = [
+                part.to(m.device)
+                for part, m in zip(flat.split([m.numel() for m in magnitudes]), magnitudes, strict=True)
+            ]
+        gating = self._steps >= self.warmup_steps
+        self._steps += 1
+
+        masks: dict[nn.Parameter, Tensor] = {}
+        self._stats = {}
+        for (name, layer), current in zip(self.layers.items(), magnitudes, strict=True):
+            magnitude = current
+            if self.ema is not None:
+                previous = self._ema_magnitudes.get(name)
+                if previous is not None:
+                    magnitude = previous * self.ema + current * (1.0 - self.ema)
+                self._ema_magnitudes[name] = magnitude
+            if gating:
+                threshold = torch.quantile(magnitude, self.quantile)
+                keep = magnitude >= threshold
+            else:
+                threshold = magnitude.new_zeros(())
+                keep = torch.ones_like(magnitude, dtype=torch.bool)
+            self._stats[name] = torch.stack(
+                [keep.float().mean(), threshold, magnitude.mean(), magnitude.max()]
+            )
+            _merge(masks, layer.weight, keep)
+            if self.mask_bias and layer.bias is not None:
+                _merge(masks, layer.bias, keep)
+        return masks
+
+    def discard(self) -> None:
+        """Drop the magnitudes measured since the last ``row_masks`` (a skipped step); no step is counted."""
+        self._sums = {}
+
+    @staticmethod
+    def zero_masked_grads(masks: Mapping[nn.Parameter, Tensor]) -> None:
+        """Zero the gradient rows the masks do not keep (for optimizers other than GatedAdamW)."""
+        for param, keep in masks.items():
+            if param.grad is None:
+                continue
+            drop = ~keep.to(device=param.grad.device, dtype=torch.bool)
+            param.grad.masked_fill_(drop.view((-1,) + (1,) * (param.grad.ndim - 1)), 0.0)
+
+    def last_stats(self) -> dict[str, dict[str, float]]:
+        """Per gated layer of the last step: keep_rate, threshold, mean and max magnitude."""
+        stats = {}
+        for name, values in self._stats.items():
+            keep_rate, threshold, mean, peak = values.tolist()
+            stats[name] = {"keep_rate": keep_rate, "threshold": threshold, "mean": mean, "max": peak}
+        return stats
+
+    def keep_rate(self) -> float:
+        """Share of all gated rows kept on the last step (1.0 before any step)."""
+        total = sum(layer.out_features for name, layer in self.layers.items() if name in self._stats)
+        if total == 0:
+            return 1.0
+        kept = sum(
+            float(self._stats[name][0]) * layer.out_features
+            for name, layer in self.layers.items()
+            if name in self._stats
+        )
+        return kept / total
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Step counter and EMA magnitudes, enough to resume gating exactly."""
+        state = {_STEP_KEY: torch.tensor(self._steps, dtype=torch.int64)}
+        for name, magnitude in self._ema_magnitudes.items():
+            state[_EMA_PREFIX + name] = magnitude.detach().clone()
+        return state
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore what ``state_dict`` saved; the gated layers must have the same names and sizes."""
+        if _STEP_KEY not in state:
+            raise KeyError(f"gate state has no '{_STEP_KEY}' entry")
+        ema_magnitudes = {}
+        for key, value in state.items():
+            if key == _STEP_KEY:
+                continue
+            name = key.removeprefix(_EMA_PREFIX)
+            layer = self.layers.get(name) if key.startswith(_EMA_PREFIX) else None
+            if layer is None:
+                raise KeyError(f"gate state entry '{key}' matches no gated layer")
+            if value.shape != (layer.out_features,):
+                raise ValueError(
+                    f"gate state entry '{key}' has shape {tuple(value.shape)}, "
+                    f"expected ({layer.out_features},)"
+                )
+            ema_magnitudes[name] = value.detach().to(device=layer.weight.device, dtype=torch.float32).clone()
+        self._steps = int(state[_STEP_KEY])
+        self._ema_magnitudes = ema_magnitudes
+        self._sums = {}
+        self._stats = {}
+
+
+def _merge(masks: dict[nn.Parameter, Tensor], param: nn.Parameter, keep: Tensor) -> None:
+    # A parameter shared by two gated layers may change where either layer keeps the row.
+    previous = masks.get(param)
+    masks[param] = keep if previous is None else previous | keep
