@@ -1,0 +1,323 @@
+"""The online learner: routes each example to a probe or to training, takes one guarded update per
+micro-batch, evaluates the probes on a schedule, and saves and restores its whole state."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from learner.classifier import HeadKind, Prediction, TextClassifier
+from learner.forgetting import Alarm, AlarmPolicy, ForgettingTracker
+from learner.losses import LossKind, classification_loss
+from learner.migu import MiguGate
+from learner.probes import ProbeRegistry, evaluate, example_key, held_out
+from learner.replay import ReservoirBuffer
+from learner.snapshots import MODEL, Manifest, Snapshot, SnapshotStore
+from learner.strategies import Strategy, swap_parameter
+
+TRAINER = "trainer"
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """Everything that shapes learning; the stability/plasticity trade-off is lr, quantile and replay."""
+
+    strategy: str = "migu"
+    loss: LossKind = "ace"
+    head: HeadKind = "linear"
+    imprint: bool = True
+    lr: float = 5e-5
+    head_lr: float = 2e-3
+    weight_decay: float = 0.01
+    quantile: float = 0.7
+    gate_ema: float | None = None
+    gate_warmup: int = 0
+    gate_padding: bool = False
+    replay_size: int = 1000
+    replay_ratio: float = 0.5
+    max_length: int = 128
+    max_labels: int = 10_000
+    probe_fraction: float = 0.05
+    probe_window: int = 1000
+    probe_size: int = 200
+    eval_every: int = 50
+    alarm_threshold: float = 0.2
+    alarm_policy: AlarmPolicy = AlarmPolicy.ALERT
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: str
+    id: str | None = None
+
+
+@dataclass
+class Counters:
+    updates: int = 0
+    examples_seen: int = 0
+    examples_trained: int = 0
+    examples_held_out: int = 0
+    skipped_steps: int = 0
+    model_version: int = 0
+
+
+@dataclass
+class LearnReport:
+    trained: int = 0
+    held_out: int = 0
+    skipped: bool = False
+    loss: float | None = None
+    alarms: list[Alarm] = field(default_factory=list)
+
+
+class OnlineLearner:
+    """Learns from micro-batches of labelled text with no task boundaries."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        encoder: PreTrainedModel,
+        config: LearnerConfig | None = None,
+    ) -> None:
+        self.config = config or LearnerConfig()
+        self.strategy = Strategy.parse(self.config.strategy)
+        torch.manual_seed(self.config.seed)
+        self.rng = random.Random(self.config.seed)
+        self.model = TextClassifier(
+            tokenizer,
+            encoder,
+            head=self.config.head,
+            max_length=self.config.max_length,
+            max_labels=self.config.max_labels,
+            imprint=self.config.imprint,
+        )
+        self.gate = self._make_gate() if self.strategy.gated else None
+        self.replay = ReservoirBuffer(self.config.replay_size, self.rng) if self.strategy.replay else None
+        self.probes = ProbeRegistry(self.config.probe_size, self.config.probe_window)
+        self.tracker = ForgettingTracker(self.config.alarm_threshold)
+        self.counters = Counters()
+        self.paused = False
+        self.optimizer = self._make_optimizer()
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        # The head starts from nothing for every new label and needs a far larger step than the encoder.
+        head = list(self.model.head.parameters())
+        head_ids = {id(p) for p in head}
+        encoder = [p for p in self.model.parameters() if id(p) not in head_ids]
+        groups = [{"params": encoder, "lr": self.config.lr}, {"params": head, "lr": self.config.head_lr}]
+        return self.strategy.optimizer(groups, self.config.weight_decay)
+
+    def _make_gate(self) -> MiguGate:
+        # Never gate the head (a new label's row starts small and would never learn) or the unused pooler.
+        pooler = getattr(self.model.encoder, "pooler", None)
+        return MiguGate(
+            self.model,
+            self.config.quantile,
+            exclude=[self.model.head, *([pooler] if pooler is not None else [])],
+            ema=self.config.gate_ema,
+            warmup_steps=self.config.gate_warmup,
+            exclude_padding=not self.config.gate_padding,
+        )
+
+    def learn(self, examples: list[Example]) -> LearnReport:
+        """Hold out a hashed fraction as probes, train on the rest, evaluate when due."""
+        training: list[Example] = []
+        for example in examples:
+            position = self.counters.examples_seen
+            self.counters.examples_seen += 1
+            if held_out(example_key(example.text, example.id), self.config.probe_fraction):
+                self.probes.add_held_out(example.text, example.label, position, self.counters.updates)
+                for name in self.probes.drain_retired():
+                    self.tracker.forget(name)
+                self.counters.examples_held_out += 1
+            else:
+                training.append(example)
+        report = self.train_step([e.text for e in training], [e.label for e in training])
+        report.held_out = len(examples) - len(training)
+        if report.trained and self.counters.updates % self.config.eval_every == 0:
+            report.alarms = self.evaluate()
+        return report
+
+    def train_step(self, texts: list[str], labels: list[str]) -> LearnReport:
+        """One update on a micro-batch (plus replayed examples); a non-finite loss or gradient skips it."""
+        if not texts:
+            return LearnReport()
+        new_labels = self.model.unseen(labels)
+        replayed = self.replay.sample(self._replay_count(len(texts))) if self.replay else []
+        all_texts = texts + [text for text, _ in replayed]
+        all_labels = labels + [label for _, label in replayed]
+        is_replayed = torch.arange(len(all_texts)) >= len(texts)
+
+        self.model.train()
+        batch = self.model.tokenize(all_texts)
+        measuring = self.gate.measuring(batch["attention_mask"]) if self.gate else contextlib.nullcontext()
+        with measuring:
+            embeddings = self.model.embed(batch)
+        if not torch.isfinite(embeddings).all():
+            return self._skip()
+        if new_labels:
+            self._grow(new_labels, embeddings[: len(texts)], labels)
+        logits = self.model.head(embeddings)
+        loss = classification_loss(logits, self.model.label_ids(all_labels), self.config.loss, is_replayed)
+        if not torch.isfinite(loss):
+            return self._skip()
+        loss.backward()
+        if not self._gradients_finite():
+            return self._skip()
+        if self.gate is not None:
+            self.optimizer.step(self.gate.row_masks())
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.replay is not None:
+            for text, label in zip(texts, labels, strict=True):
+                self.replay.add(text, label)
+        self.counters.updates += 1
+        self.counters.examples_trained += len(texts)
+        return LearnReport(trained=len(texts), loss=loss.item())
+
+    def _replay_count(self, incoming: int) -> int:
+        return round(incoming * self.config.replay_ratio)
+
+    def _grow(self, new_labels: list[str], embeddings: Tensor, labels: list[str]) -> None:
+        old = [self.model.head.weight, self.model.head.bias]
+        self.model.add_labels(new_labels, embeddings, labels)
+        for before, after in zip(old, [self.model.head.weight, self.model.head.bias], strict=True):
+            if before is not None:
+                swap_parameter(self.optimizer, before, after)
+
+    def _gradients_finite(self) -> bool:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()) if grads else True
+
+    def _skip(self) -> LearnReport:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.gate is not None:
+            self.gate.discard()
+        self.counters.skipped_steps += 1
+        return LearnReport(skipped=True)
+
+    def predict(self, texts: list[str], top_k: int = 1) -> list[Prediction]:
+        return self.model.predict(texts, top_k=top_k)
+
+    def evaluate(self) -> list[Alarm]:
+        """Accuracy on every probe; returns the forgetting alarms this evaluation raised."""
+        probes = self.probes.probes()
+        if not probes or not self.model.labels:
+            return []
+        accuracies = evaluate(probes, lambda texts: [p.label for p in self.model.predict(texts)])
+        alarms = self.tracker.record(self.counters.updates, self.counters.model_version, accuracies)
+        if alarms and self.config.alarm_policy is AlarmPolicy.PAUSE:
+            self.paused = True
+        return alarms
+
+    def forgetting_report(self) -> dict[str, Any]:
+        probes = self.probes.probes()
+        return self.tracker.report(
+            sizes={p.name: p.size for p in probes}, sources={p.name: p.source for p in probes}
+        )
+
+    def save(self, store: SnapshotStore, info: dict[str, Any] | None = None) -> Manifest:
+        """Write a snapshot that holds everything needed to continue exactly."""
+        self.counters.model_version += 1
+        summary = self.tracker.summary()
+        tensors, state = self.state()
+        details = {
+            "updates": self.counters.updates,
+            "mean_accuracy": summary["mean_accuracy"],
+            "alarms": len(self.tracker.active_alarms()),
+            **(info or {}),
+        }
+        latest = store.latest()
+        return store.save(tensors, state, info=details, parent=latest.id if latest else None)
+
+    def state(self) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
+        optimizer_tensors, optimizer_state = _split_optimizer_state(self.optimizer.state_dict())
+        trainer = {f"optim.{key}": value for key, value in optimizer_tensors.items()}
+        trainer["rng.torch"] = torch.get_rng_state()
+        if self.gate is not None:
+            trainer.update({f"gate.{key}": value for key, value in self.gate.state_dict().items()})
+        state = {
+            "config": {**asdict(self.config), "alarm_policy": str(self.config.alarm_policy)},
+            "labels": self.model.labels,
+            "counters": asdict(self.counters),
+            "paused": self.paused,
+            "optimizer": optimizer_state,
+            "rng": _jsonable_rng(self.rng.getstate()),
+            "replay": self.replay.state_dict() if self.replay else None,
+            "probes": self.probes.state_dict(),
+            "tracker": self.tracker.state_dict(),
+        }
+        return {MODEL: self.model.state_dict(), TRAINER: trainer}, state
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Continue from a snapshot taken by a learner with the same strategy, head and encoder."""
+        state, trainer = snapshot.state, snapshot.tensors[TRAINER]
+        saved = state["config"]
+        for key in ("strategy", "head", "loss"):
+            if saved[key] != getattr(self.config, key):
+                raise ValueError(
+                    f"snapshot {snapshot.id} was trained with {key}={saved[key]!r}, "
+                    f"not {getattr(self.config, key)!r}"
+                )
+        self.model.set_labels(state["labels"])
+        self.model.load_state_dict(snapshot.tensors[MODEL])
+        self.optimizer = self._make_optimizer()
+        self.optimizer.load_state_dict(_join_optimizer_state(_strip(trainer, "optim."), state["optimizer"]))
+        if self.gate is not None:
+            self.gate = self._make_gate()
+            self.gate.load_state_dict(_strip(trainer, "gate."))
+        torch.set_rng_state(trainer["rng.torch"])
+        self.rng.setstate(_rng_from_json(state["rng"]))
+        if self.replay is not None and state["replay"] is not None:
+            self.replay.load_state_dict(state["replay"])
+        self.probes.load_state_dict(state["probes"])
+        self.tracker.load_state_dict(state["tracker"])
+        self.counters = Counters(**state["counters"])
+        self.paused = bool(state["paused"])
+
+
+def _strip(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {key.removeprefix(prefix): value for key, value in tensors.items() if key.startswith(prefix)}
+
+
+def _split_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Tensors go to safetensors, the rest (hyper-parameters, python scalars) to JSON."""
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, param_state in state_dict["state"].items():
+        for key, value in param_state.items():
+            if isinstance(value, Tensor):
+                tensors[f"{index}.{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def _join_optimizer_state(tensors: dict[str, Tensor], saved: dict[str, Any]) -> dict[str, Any]:
+    per_param: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        per_param.setdefault(int(index), {})[key] = value
+    for index, values in saved["scalars"].items():
+        per_param.setdefault(int(index), {}).update(values)
+    return {"state": per_param, "param_groups": saved["param_groups"]}
+
+
+def _jsonable_rng(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _rng_from_json(state: list) -> tuple:
+    version, internal, gauss = state
+    return version, tuple(internal), gauss

@@ -1,0 +1,180 @@
+"""The online learner on the tiny model: open labels, guarded steps, strategies, probes, exact resume."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from learner.classifier import LabelLimitError
+from learner.encoder import tiny_bert
+from learner.online import Example, LearnerConfig, OnlineLearner
+from learner.snapshots import MODEL, SnapshotStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SPORTS = [f"the team won the match {i} with a late goal" for i in range(8)]
+FINANCE = [f"shares fell as the bank cut its forecast {i}" for i in range(8)]
+WEATHER = [f"heavy rain and strong wind expected on day {i}" for i in range(8)]
+
+
+def make_learner(**overrides: object) -> OnlineLearner:
+    tokenizer, encoder = tiny_bert(seed=0)
+    config = LearnerConfig(**{"lr": 3e-3, "probe_fraction": 0.0, **overrides})
+    return OnlineLearner(tokenizer, encoder, config)
+
+
+def weights(learner: OnlineLearner) -> dict[str, torch.Tensor]:
+    return {key: value.detach().clone() for key, value in learner.model.state_dict().items()}
+
+
+def test_new_label_leaves_old_logits_alone_then_is_learned() -> None:
+    learner = make_learner(strategy="sgd", loss="ce")
+    for _ in range(5):
+        learner.train_step(SPORTS[:4] + FINANCE[:4], ["sports"] * 4 + ["finance"] * 4)
+    learner.model.eval()
+    with torch.inference_mode():
+        before = learner.model.head(learner.model.embed(learner.model.tokenize(SPORTS)))
+    learner.model.add_labels(["weather"], before.new_zeros(1, 32), ["weather"])
+    with torch.inference_mode():
+        after = learner.model.head(learner.model.embed(learner.model.tokenize(SPORTS)))
+    assert torch.equal(after[:, :2], before)
+
+    for _ in range(15):
+        learner.train_step(
+            WEATHER[:4] + SPORTS[:2] + FINANCE[:2], ["weather"] * 4 + ["sports"] * 2 + ["finance"] * 2
+        )
+    predicted = [p.label for p in learner.predict(WEATHER[4:])]
+    assert predicted.count("weather") >= 3
+
+
+def test_label_cap_refuses_the_batch_and_changes_nothing() -> None:
+    learner = make_learner(max_labels=2)
+    learner.train_step(SPORTS[:2], ["a", "b"])
+    before = weights(learner)
+    with pytest.raises(LabelLimitError, match="cap of 2"):
+        learner.train_step(SPORTS[:2], ["a", "c"])
+    assert learner.model.labels == ["a", "b"]
+    assert all(torch.equal(before[k], v) for k, v in weights(learner).items())
+
+
+@pytest.mark.parametrize("strategy", ["sgd", "migu"])
+def test_non_finite_loss_skips_the_step_and_keeps_weights(strategy: str) -> None:
+    learner = make_learner(strategy=strategy)
+    learner.train_step(SPORTS[:2] + FINANCE[:2], ["sports", "sports", "finance", "finance"])
+    with torch.no_grad():
+        learner.model.head.bias[0] = float("inf")
+    before = weights(learner)
+    report = learner.train_step(SPORTS[:2] + FINANCE[:2], ["sports", "sports", "finance", "finance"])
+    assert report.skipped
+    assert learner.counters.skipped_steps == 1 and learner.counters.updates == 1
+    after = weights(learner)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_migu_updates_about_the_top_rows_only() -> None:
+    learner = make_learner(strategy="migu", quantile=0.7)
+    learner.train_step(SPORTS[:4], ["sports"] * 4)
+    before = weights(learner)
+    learner.train_step(SPORTS[:4] + FINANCE[:4], ["sports"] * 4 + ["finance"] * 4)
+    after = weights(learner)
+    changed = (
+        (
+            after["encoder.encoder.layer.0.intermediate.dense.weight"]
+            != before["encoder.encoder.layer.0.intermediate.dense.weight"]
+        )
+        .any(dim=1)
+        .float()
+        .mean()
+    )
+    assert 0.2 <= float(changed) <= 0.4
+    assert 0.25 <= learner.gate.keep_rate() <= 0.35
+    assert torch.equal(after["encoder.pooler.dense.weight"], before["encoder.pooler.dense.weight"])
+
+
+def test_replay_mixes_old_examples_into_new_batches() -> None:
+    learner = make_learner(strategy="replay", replay_size=6, replay_ratio=0.5)
+    learner.train_step(SPORTS[:4], ["sports"] * 4)
+    learner.train_step(FINANCE[:4], ["finance"] * 4)
+    assert len(learner.replay) == 6
+    assert {label for _, label in learner.replay.items} == {"sports", "finance"}
+
+
+def test_held_out_examples_become_probes_and_never_train() -> None:
+    learner = make_learner(probe_fraction=0.3, eval_every=1)
+    stream = [Example(t, "sports") for t in SPORTS] + [Example(t, "finance") for t in FINANCE]
+    report = learner.learn(stream)
+    held = learner.counters.examples_held_out
+    assert 0 < held < len(stream)
+    assert report.held_out == held and report.trained == len(stream) - held
+    probe_texts = {text for probe in learner.probes.probes() for text, _ in probe.examples}
+    assert len(probe_texts) == held
+    forgetting = learner.forgetting_report()
+    assert forgetting["updates"] == 1 and len(forgetting["probes"]) == len(learner.probes.probes())
+    assert all(0.0 <= probe["accuracy"] <= 1.0 for probe in forgetting["probes"])
+
+
+STREAM = [(SPORTS[i % 8], "sports") if i % 3 else (FINANCE[i % 8], "finance") for i in range(48)]
+
+
+def train_range(learner: OnlineLearner, start: int, stop: int) -> None:
+    for i in range(start, stop, 4):
+        chunk = STREAM[i : i + 4]
+        learner.learn([Example(text, label) for text, label in chunk])
+
+
+def continue_in_new_process(snapshot_root: str) -> None:
+    """Run in a fresh interpreter: load the newest snapshot, train the second half, snapshot again."""
+    store = SnapshotStore(Path(snapshot_root))
+    learner = make_learner(strategy="migu+replay", probe_fraction=0.2, eval_every=2)
+    snapshot, _ = store.load_latest_valid()
+    learner.restore(snapshot)
+    train_range(learner, 24, 48)
+    learner.save(store)
+
+
+def test_resume_in_a_new_process_is_exact(tmp_path: Path) -> None:
+    straight = make_learner(strategy="migu+replay", probe_fraction=0.2, eval_every=2)
+    train_range(straight, 0, 48)
+
+    store = SnapshotStore(tmp_path)
+    first_half = make_learner(strategy="migu+replay", probe_fraction=0.2, eval_every=2)
+    train_range(first_half, 0, 24)
+    first_half.save(store)
+    code = (
+        f"from tests.test_online import continue_in_new_process; continue_in_new_process({str(tmp_path)!r})"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=300)
+
+    resumed = store.load(store.latest().id).tensors[MODEL]
+    expected = straight.model.state_dict()
+    assert resumed.keys() == expected.keys()
+    assert all(torch.equal(resumed[key], expected[key]) for key in expected)
+    resumed_evals = store.load(store.latest().id).state["tracker"]["evaluations"]
+    straight_evals = straight.tracker.state_dict()["evaluations"]
+    assert [(e["updates"], e["accuracies"]) for e in resumed_evals] == [
+        (e["updates"], e["accuracies"]) for e in straight_evals
+    ]
+
+
+def test_corrupt_newest_snapshot_falls_back_to_the_previous(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    learner = make_learner()
+    learner.train_step(SPORTS[:4], ["sports"] * 4)
+    good = learner.save(store)
+    learner.train_step(FINANCE[:4], ["finance"] * 4)
+    newest = learner.save(store)
+    weights_file = tmp_path / newest.id / "model.safetensors"
+    data = bytearray(weights_file.read_bytes())
+    data[-1] ^= 0xFF
+    weights_file.write_bytes(bytes(data))
+
+    snapshot, problems = store.load_latest_valid()
+    assert snapshot.id == good.id
+    assert any(newest.id in problem for problem in problems)
+    fresh = make_learner()
+    fresh.restore(snapshot)
+    assert fresh.model.labels == ["sports"] and fresh.counters.updates == 1
