@@ -1,0 +1,79 @@
+"""Cost of one learner update per strategy, as a ratio to plain fine-tuning measured in the same run.
+
+    python -m bench.step_speed [--steps 20] [--batch 16] [--tokens 128] [--out bench/results/step_speed.json]
+
+Steps of the strategies are interleaved (sgd, migu, sgd, migu, ...) so that load from elsewhere on a shared
+machine falls on all of them alike; the ratio of median step times is what is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from bench.data import read_split
+from bench.meta import run_metadata
+from learner.encoder import default_model_path, load_encoder, tiny_bert
+from learner.online import LearnerConfig, OnlineLearner
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--strategies", default="sgd,migu")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--quick", action="store_true", help="tiny model, few steps (a smoke run)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/step_speed.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    names = args.strategies.split(",")
+    learners = {name: _learner(name, args.tokens, args.quick) for name in names}
+    # Long reviews, so every text fills the token budget and all steps see the same shapes.
+    texts = [r["text"] for r in read_split("yelp", "train", 2000) if len(r["text"]) > 1500]
+    labels = [r["label"] for r in read_split("yelp", "train", 2000) if len(r["text"]) > 1500]
+    times: dict[str, list[float]] = {name: [] for name in names}
+    steps = 2 if args.quick else args.steps
+    for step in range(args.warmup + steps):
+        start = (step * args.batch) % (len(texts) - args.batch)
+        batch_texts, batch_labels = texts[start : start + args.batch], labels[start : start + args.batch]
+        for name, learner in learners.items():
+            began = time.perf_counter()
+            learner.train_step(batch_texts, batch_labels)
+            if step >= args.warmup:
+                times[name].append(time.perf_counter() - began)
+
+    reference = statistics.median(times[names[0]])
+    result = {
+        **run_metadata(),
+        "model": "tiny" if args.quick else "all-MiniLM-L6-v2",
+        "batch": args.batch,
+        "tokens": args.tokens,
+        "steps": steps,
+        "median_step_s": {name: statistics.median(t) for name, t in times.items()},
+        f"ratio_to_{names[0]}": {name: statistics.median(t) / reference for name, t in times.items()},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+def _learner(strategy: str, tokens: int, quick: bool) -> OnlineLearner:
+    tokenizer, encoder = tiny_bert() if quick else load_encoder(default_model_path())
+    return OnlineLearner(
+        tokenizer, encoder, LearnerConfig(strategy=strategy, max_length=tokens, probe_fraction=0)
+    )
+
+
+if __name__ == "__main__":
+    main()
