@@ -55,7 +55,7 @@ def main() -> None:
 
     reference = statistics.median(times[names[0]])
     result = {
-        **run_metadata(),
+        **run_metadata("bench.step_speed"),
         "model": "tiny" if args.quick else "all-MiniLM-L6-v2",
         "batch": args.batch,
         "tokens": args.tokens,

@@ -77,6 +77,7 @@ class LearnReport:
     skipped: bool = False
     loss: float | None = None
     alarms: list[Alarm] = field(default_factory=list)
+    rolled_back_to: str | None = None
 
 
 class OnlineLearner:
@@ -145,7 +146,31 @@ class OnlineLearner:
         report.held_out = len(examples) - len(training)
         if report.trained and self.counters.updates % self.config.eval_every == 0:
             report.alarms = self.evaluate()
+            if report.alarms:
+                report.rolled_back_to = self._apply_alarm_policy()
         return report
+
+    def _apply_alarm_policy(self) -> str | None:
+        """`pause` stops learning; `rollback` returns to the newest snapshot taken without an active alarm."""
+        policy = AlarmPolicy(self.config.alarm_policy)
+        if policy is AlarmPolicy.PAUSE:
+            self.paused = True
+        if policy is not AlarmPolicy.ROLLBACK or self.store is None:
+            return None
+        for manifest in self.store.list():
+            if manifest.info.get("alarms") == 0:
+                self.restore(self.store.load(manifest.id))
+                return manifest.id
+        return None
+
+    def register_probe(self, name: str, examples: list[tuple[str, str]]) -> None:
+        """Add or replace a user probe set; a replaced probe's history starts again."""
+        self.probes.register(name, examples, self.counters.updates)
+        self.tracker.forget(name)
+
+    def remove_probe(self, name: str) -> bool:
+        self.tracker.forget(name)
+        return self.probes.remove(name)
 
     def train_step(self, texts: list[str], labels: list[str]) -> LearnReport:
         """One update on a micro-batch (plus replayed examples); a non-finite loss or gradient skips it."""
@@ -216,8 +241,6 @@ class OnlineLearner:
             return []
         accuracies = evaluate(probes, lambda texts: [p.label for p in self.model.predict(texts)])
         alarms = self.tracker.record(self.counters.updates, self.counters.model_version, accuracies)
-        if alarms and self.config.alarm_policy is AlarmPolicy.PAUSE:
-            self.paused = True
         return alarms
 
     def forgetting_report(self) -> dict[str, Any]:
@@ -226,8 +249,11 @@ class OnlineLearner:
             sizes={p.name: p.size for p in probes}, sources={p.name: p.source for p in probes}
         )
 
-    def save(self, store: SnapshotStore, info: dict[str, Any] | None = None) -> Manifest:
+    def save(self, store: SnapshotStore | None = None, info: dict[str, Any] | None = None) -> Manifest:
         """Write a snapshot that holds everything needed to continue exactly."""
+        store = store or self.store
+        if store is None:
+            raise ValueError("no snapshot store: pass one here or to the learner")
         self.counters.model_version += 1
         summary = self.tracker.summary()
         tensors, state = self.state()
