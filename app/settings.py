@@ -9,8 +9,12 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from learner.encoder import default_model_path, looks_like_path
+from learner.forgetting import AlarmPolicy
+from learner.online import LearnerConfig
+from learner.strategies import Strategy
 
 ENV_PREFIX = "RETENTIVE_"
+_LEARNER = LearnerConfig()
 
 
 class ConfigError(ValueError):
@@ -39,24 +43,57 @@ class Settings(BaseSettings):
         "the data directory.",
     )
     key_prefix: str = Field("rt", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Prefix of every Redis key.")
-    max_length: int = Field(128, gt=0, le=8192, description="Tokens per text; longer texts are truncated.")
-    batch_size: int = Field(16, gt=0, le=4096, description="Examples per learner micro-batch.")
-    learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate of the learner.")
-    strategy: Literal["sgd", "migu", "replay", "migu+replay"] = Field(
-        "migu", description="Update strategy: plain fine-tuning, MIGU gating, experience replay, or both."
+    max_length: int = Field(
+        _LEARNER.max_length, gt=0, le=8192, description="Tokens per text; longer texts are truncated."
     )
+    batch_size: int = Field(16, gt=0, le=4096, description="Examples per learner micro-batch.")
+    strategy: str = Field(
+        _LEARNER.strategy,
+        description="Update strategy: sgd (plain fine-tuning), migu (gated), replay, or migu+replay.",
+    )
+    loss: Literal["ce", "ace"] = Field(
+        _LEARNER.loss,
+        description="ce: cross-entropy over all labels; ace: over the labels in each micro-batch only "
+        "(new labels do not push old ones down; a one-label batch teaches nothing).",
+    )
+    head: Literal["linear", "cosine"] = Field(
+        _LEARNER.head, description="Classifier head: linear, or cosine-normalised with a learned scale."
+    )
+    imprint: bool = Field(
+        _LEARNER.imprint, description="Start a new label's head row from the mean embedding of its examples."
+    )
+    learning_rate: float = Field(_LEARNER.lr, gt=0, description="AdamW learning rate of the encoder.")
+    head_learning_rate: float = Field(_LEARNER.head_lr, gt=0, description="AdamW learning rate of the head.")
     migu_quantile: float = Field(
-        0.7, ge=0, lt=1, description="MIGU threshold: rows below this per-layer quantile get no update."
+        _LEARNER.quantile, ge=0, lt=1, description="MIGU: rows below this per-layer quantile get no update."
+    )
+    replay_size: int = Field(_LEARNER.replay_size, ge=0, description="Examples kept in the replay reservoir.")
+    replay_ratio: float = Field(
+        _LEARNER.replay_ratio, ge=0, le=4, description="Replayed examples per incoming example in a step."
     )
     probe_fraction: float = Field(
-        0.05,
+        _LEARNER.probe_fraction,
         ge=0,
         lt=1,
         description="Share of the stream held out (by hash of each example) to measure forgetting.",
     )
-    eval_every: int = Field(50, gt=0, description="Evaluate the probes every this many updates.")
+    eval_every: int = Field(
+        _LEARNER.eval_every, gt=0, description="Evaluate the probes every this many updates."
+    )
+    alarm_threshold: float = Field(
+        _LEARNER.alarm_threshold, ge=0, lt=1, description="Forgetting on a probe above this raises an alarm."
+    )
+    alarm_policy: AlarmPolicy = Field(
+        _LEARNER.alarm_policy,
+        description="On an alarm: alert only, pause learning, or rollback to a good snapshot.",
+    )
     snapshot_every: int = Field(200, gt=0, description="Write a snapshot every this many updates.")
-    max_labels: int = Field(10_000, gt=0, description="Most distinct labels the head may grow to.")
+    snapshot_keep: int = Field(
+        5, gt=0, description="Newest snapshots kept (the best and pinned ones are kept too)."
+    )
+    max_labels: int = Field(
+        _LEARNER.max_labels, gt=0, description="Most distinct labels the head may grow to."
+    )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated keys for predict and feedback; empty: no key needed.",
@@ -77,12 +114,36 @@ class Settings(BaseSettings):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        return Strategy.parse(value).name
+
     @field_validator("model")
     @classmethod
     def _model_dir_exists(cls, value: str) -> str:
         if looks_like_path(value) and not (Path(value).expanduser() / "config.json").is_file():
             raise ValueError(f"no model directory at {value} (expected a config.json there)")
         return value
+
+    def learner_config(self) -> LearnerConfig:
+        return LearnerConfig(
+            strategy=self.strategy,
+            loss=self.loss,
+            head=self.head,
+            imprint=self.imprint,
+            lr=self.learning_rate,
+            head_lr=self.head_learning_rate,
+            quantile=self.migu_quantile,
+            replay_size=self.replay_size,
+            replay_ratio=self.replay_ratio,
+            max_length=self.max_length,
+            max_labels=self.max_labels,
+            probe_fraction=self.probe_fraction,
+            eval_every=self.eval_every,
+            alarm_threshold=self.alarm_threshold,
+            alarm_policy=self.alarm_policy,
+        )
 
 
 def env_name(field: str) -> str:
