@@ -33,8 +33,8 @@ class LearnerConfig:
     loss: LossKind = "ace"
     head: HeadKind = "linear"
     imprint: bool = True
-    lr: float = 5e-5
-    head_lr: float = 2e-3
+    lr: float = 1e-4
+    head_lr: float = 1e-2
     weight_decay: float = 0.01
     quantile: float = 0.7
     gate_ema: float | None = None
