@@ -1,0 +1,62 @@
+"""Names of every Redis key of one model. They share the `{model}` hash tag, so on Redis Cluster they live on
+one slot and multi-key scripts work."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class StreamKeys:
+    prefix: str = "rt"
+    model: str = "default"
+
+    def __post_init__(self) -> None:
+        for what, value in (("prefix", self.prefix), ("model", self.model)):
+            if not _NAME.match(value):
+                raise ValueError(f"key {what} {value!r} must be 1-64 letters, digits, '_', '.' or '-'")
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}:{{{self.model}}}:{name}"
+
+    @property
+    def feedback(self) -> str:
+        """The stream of labelled feedback."""
+        return self._key("feedback")
+
+    @property
+    def dead(self) -> str:
+        """Entries the learner could not use, with the reason."""
+        return self._key("dead")
+
+    @property
+    def versions(self) -> str:
+        """Pub/sub channel announcing each new published model version."""
+        return self._key("versions")
+
+    @property
+    def evals(self) -> str:
+        """Recent evaluations (a bounded list of JSON documents)."""
+        return self._key("evals")
+
+    @property
+    def lease(self) -> str:
+        """Holder of the right to learn for this model."""
+        return self._key("lease")
+
+    @property
+    def counters(self) -> str:
+        """Hash of stream counters: read, applied, held out, duplicates, dead-lettered."""
+        return self._key("counters")
+
+    @property
+    def backlog(self) -> str:
+        """Count of accepted entries not yet acknowledged by the learner group."""
+        return self._key("backlog")
+
+    def dedup(self, client_id: str) -> str:
+        """Stream ID of the entry first added under a client's idempotency key."""
+        return self._key(f"dedup:{client_id}")
