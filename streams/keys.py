@@ -3,6 +3,7 @@ one slot and multi-key scripts work."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -58,5 +59,5 @@ class StreamKeys:
         return self._key("backlog")
 
     def dedup(self, client_id: str) -> str:
-        """Stream ID of the entry first added under a client's idempotency key."""
-        return self._key(f"dedup:{client_id}")
+        """Stream ID first added under a client idempotency key (hashed: the id is client text)."""
+        return self._key(f"dedup:{hashlib.sha256(client_id.encode()).hexdigest()[:32]}")
