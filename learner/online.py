@@ -76,6 +76,8 @@ class LearnReport:
     held_out: int = 0
     skipped: bool = False
     loss: float | None = None
+    held_out_mask: list[bool] = field(default_factory=list)
+    evaluated: bool = False
     alarms: list[Alarm] = field(default_factory=list)
     rolled_back_to: str | None = None
 
@@ -132,10 +134,12 @@ class OnlineLearner:
     def learn(self, examples: list[Example]) -> LearnReport:
         """Hold out a hashed fraction as probes, train on the rest, evaluate when due."""
         training: list[Example] = []
+        mask = []
         for example in examples:
             position = self.counters.examples_seen
             self.counters.examples_seen += 1
-            if held_out(example_key(example.text, example.id), self.config.probe_fraction):
+            mask.append(held_out(example_key(example.text, example.id), self.config.probe_fraction))
+            if mask[-1]:
                 self.probes.add_held_out(example.text, example.label, position, self.counters.updates)
                 for name in self.probes.drain_retired():
                     self.tracker.forget(name)
@@ -144,7 +148,9 @@ class OnlineLearner:
                 training.append(example)
         report = self.train_step([e.text for e in training], [e.label for e in training])
         report.held_out = len(examples) - len(training)
+        report.held_out_mask = mask
         if report.trained and self.counters.updates % self.config.eval_every == 0:
+            report.evaluated = True
             report.alarms = self.evaluate()
             if report.alarms:
                 report.rolled_back_to = self._apply_alarm_policy()
@@ -249,22 +255,35 @@ class OnlineLearner:
             sizes={p.name: p.size for p in probes}, sources={p.name: p.source for p in probes}
         )
 
-    def save(self, store: SnapshotStore | None = None, info: dict[str, Any] | None = None) -> Manifest:
-        """Write a snapshot that holds everything needed to continue exactly."""
+    def save(
+        self,
+        store: SnapshotStore | None = None,
+        info: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Manifest:
+        """Write a snapshot that holds everything needed to continue exactly.
+
+        `info` goes to the manifest (small, listed without loading); `extra` is the caller's own state,
+        returned by `restore`.
+        """
         store = store or self.store
         if store is None:
             raise ValueError("no snapshot store: pass one here or to the learner")
         self.counters.model_version += 1
-        summary = self.tracker.summary()
         tensors, state = self.state()
+        state["extra"] = extra
         details = {
             "updates": self.counters.updates,
-            "mean_accuracy": summary["mean_accuracy"],
+            "mean_accuracy": self.tracker.summary()["mean_accuracy"],
             "alarms": len(self.tracker.active_alarms()),
             **(info or {}),
         }
         latest = store.latest()
-        return store.save(tensors, state, info=details, parent=latest.id if latest else None)
+        try:
+            return store.save(tensors, state, info=details, parent=latest.id if latest else None)
+        except Exception:
+            self.counters.model_version -= 1
+            raise
 
     def state(self) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
         optimizer_tensors, optimizer_state = _split_optimizer_state(self.optimizer.state_dict())
@@ -285,8 +304,10 @@ class OnlineLearner:
         }
         return {MODEL: self.model.state_dict(), TRAINER: trainer}, state
 
-    def restore(self, snapshot: Snapshot) -> None:
-        """Continue from a snapshot taken by a learner with the same strategy, head and encoder."""
+    def restore(self, snapshot: Snapshot) -> dict[str, Any] | None:
+        """Continue from a snapshot taken by a learner with the same strategy, head and encoder.
+
+        Returns the `extra` state saved with it."""
         state, trainer = snapshot.state, snapshot.tensors[TRAINER]
         saved = state["config"]
         for key in ("strategy", "head", "loss"):
@@ -310,6 +331,7 @@ class OnlineLearner:
         self.tracker.load_state_dict(state["tracker"])
         self.counters = Counters(**state["counters"])
         self.paused = bool(state["paused"])
+        return state.get("extra")
 
 
 def _strip(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
