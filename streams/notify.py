@@ -1,0 +1,84 @@
+"""What the learner tells the rest of the system: new model versions, evaluations and counters.
+
+A version is announced on a pub/sub channel and also kept in the counters hash, because pub/sub delivers
+only to subscribers connected at that moment: a replica that was down or reconnecting checks
+`latest_version` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+import redis.client
+
+from streams.keys import StreamKeys
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def publish_version(
+    client: redis.Redis, keys: StreamKeys, version: int, snapshot_id: str, kind: str = "snapshot"
+) -> None:
+    """Record `version` as the latest and announce it to subscribers of `keys.versions`."""
+    message = json.dumps(
+        {"version": version, "snapshot_id": snapshot_id, "kind": kind, "published_at": time.time()}
+    )
+    # The hash is written first in the same transaction, so a subscriber that reacts to the message
+    # by reading the latest version never sees an older one.
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(keys.counters, mapping={"version": version, "snapshot_id": snapshot_id})
+    pipe.publish(keys.versions, message)
+    pipe.execute()
+
+
+def latest_version(client: redis.Redis, keys: StreamKeys) -> tuple[int, str] | None:
+    """The last published (version, snapshot_id), or None if nothing was published yet."""
+    version, snapshot_id = client.hmget(keys.counters, ["version", "snapshot_id"])
+    if version is None or snapshot_id is None:
+        return None
+    return int(version), _text(snapshot_id)
+
+
+def record_evaluation(client: redis.Redis, keys: StreamKeys, evaluation: dict, keep: int = 200) -> None:
+    """Add one evaluation (a JSON-serialisable dict), keeping only the newest `keep`."""
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    pipe = client.pipeline(transaction=True)
+    pipe.lpush(keys.evals, json.dumps(evaluation))
+    pipe.ltrim(keys.evals, 0, keep - 1)
+    pipe.execute()
+
+
+def recent_evaluations(client: redis.Redis, keys: StreamKeys, limit: int = 50) -> list[dict[str, Any]]:
+    """Up to `limit` evaluations, newest first."""
+    if limit < 1:
+        return []
+    return [json.loads(item) for item in client.lrange(keys.evals, 0, limit - 1)]
+
+
+def set_counters(client: redis.Redis, keys: StreamKeys, values: Mapping[str, int | float | str]) -> None:
+    """Overwrite the given fields of the counters hash; other fields are left alone."""
+    if values:
+        client.hset(keys.counters, mapping=dict(values))
+
+
+def read_counters(client: redis.Redis, keys: StreamKeys) -> dict[str, str]:
+    """Every field of the counters hash, as text."""
+    return {_text(field): _text(value) for field, value in client.hgetall(keys.counters).items()}
+
+
+def subscribe_versions(client: redis.Redis, keys: StreamKeys) -> redis.client.PubSub:
+    """A PubSub subscribed to version announcements; each message's data is the JSON from `publish_version`.
+
+    Subscription confirmations are filtered out, so `get_message()` yields only announcements. Close it
+    when done.
+    """
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.versions)
+    return pubsub

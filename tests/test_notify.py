@@ -1,0 +1,59 @@
+import json
+import time
+
+import redis
+
+from streams.keys import StreamKeys
+from streams.notify import (
+    latest_version,
+    publish_version,
+    read_counters,
+    recent_evaluations,
+    record_evaluation,
+    set_counters,
+    subscribe_versions,
+)
+
+
+def test_latest_version_round_trips(redis_client: redis.Redis, key_prefix: str) -> None:
+    keys = StreamKeys(prefix=key_prefix, model="m")
+    assert latest_version(redis_client, keys) is None
+    publish_version(redis_client, keys, 3, "snap-0003")
+    publish_version(redis_client, keys, 4, "snap-0004", kind="rollback")
+    assert latest_version(redis_client, keys) == (4, "snap-0004")
+
+
+def test_evaluations_are_bounded_and_newest_first(redis_client: redis.Redis, key_prefix: str) -> None:
+    keys = StreamKeys(prefix=key_prefix, model="m")
+    for step in range(5):
+        record_evaluation(redis_client, keys, {"step": step, "accuracy": step / 10}, keep=3)
+    assert recent_evaluations(redis_client, keys) == [
+        {"step": 4, "accuracy": 0.4},
+        {"step": 3, "accuracy": 0.3},
+        {"step": 2, "accuracy": 0.2},
+    ]
+    assert [e["step"] for e in recent_evaluations(redis_client, keys, limit=2)] == [4, 3]
+
+
+def test_counters_round_trip_as_text(redis_client: redis.Redis, key_prefix: str) -> None:
+    keys = StreamKeys(prefix=key_prefix, model="m")
+    set_counters(redis_client, keys, {"applied": 12, "loss": 0.25, "state": "learning"})
+    set_counters(redis_client, keys, {"applied": 13})
+    set_counters(redis_client, keys, {})
+    assert read_counters(redis_client, keys) == {"applied": "13", "loss": "0.25", "state": "learning"}
+
+
+def test_subscriber_receives_the_published_version(redis_client: redis.Redis, key_prefix: str) -> None:
+    keys = StreamKeys(prefix=key_prefix, model="m")
+    pubsub = subscribe_versions(redis_client, keys)
+    try:
+        publish_version(redis_client, keys, 7, "snap-0007")
+        message = None
+        deadline = time.monotonic() + 5
+        while message is None and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.1)
+        assert message is not None
+        payload = json.loads(message["data"])
+        assert (payload["version"], payload["snapshot_id"], payload["kind"]) == (7, "snap-0007", "snapshot")
+    finally:
+        pubsub.close()
