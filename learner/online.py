@@ -90,8 +90,10 @@ class OnlineLearner:
         tokenizer: PreTrainedTokenizerBase,
         encoder: PreTrainedModel,
         config: LearnerConfig | None = None,
+        store: SnapshotStore | None = None,
     ) -> None:
         self.config = config or LearnerConfig()
+        self.store = store
         self.strategy = Strategy.parse(self.config.strategy)
         torch.manual_seed(self.config.seed)
         self.rng = random.Random(self.config.seed)

@@ -21,10 +21,10 @@ FINANCE = [f"shares fell as the bank cut its forecast {i}" for i in range(8)]
 WEATHER = [f"heavy rain and strong wind expected on day {i}" for i in range(8)]
 
 
-def make_learner(**overrides: object) -> OnlineLearner:
+def make_learner(store: SnapshotStore | None = None, **overrides: object) -> OnlineLearner:
     tokenizer, encoder = tiny_bert(seed=0)
     config = LearnerConfig(**{"lr": 3e-3, "probe_fraction": 0.0, **overrides})
-    return OnlineLearner(tokenizer, encoder, config)
+    return OnlineLearner(tokenizer, encoder, config, store=store)
 
 
 def weights(learner: OnlineLearner) -> dict[str, torch.Tensor]:
@@ -199,8 +199,7 @@ def poison_until_alarm(learner: OnlineLearner) -> list:
 
 def test_rollback_policy_returns_to_the_last_good_snapshot(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path)
-    learner = make_learner(strategy="sgd", eval_every=1, alarm_policy="rollback")
-    learner.store = store
+    learner = make_learner(strategy="sgd", eval_every=1, alarm_policy="rollback", store=store)
     report = poison_until_alarm(learner)
     good = store.latest()
     assert report.alarms[0].probe == "sports"
@@ -211,7 +210,6 @@ def test_rollback_policy_returns_to_the_last_good_snapshot(tmp_path: Path) -> No
 
 
 def test_pause_policy_pauses_the_learner(tmp_path: Path) -> None:
-    learner = make_learner(strategy="sgd", eval_every=1, alarm_policy="pause")
-    learner.store = SnapshotStore(tmp_path)
+    learner = make_learner(strategy="sgd", eval_every=1, alarm_policy="pause", store=SnapshotStore(tmp_path))
     report = poison_until_alarm(learner)
     assert learner.paused and report.rolled_back_to is None
