@@ -86,5 +86,19 @@ def serve(
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
 
 
+@cli.command()
+def learn(model: ModelOpt = None, data_dir: DataDirOpt = None, redis_url: RedisOpt = None) -> None:
+    """Run a learner in the foreground: standby until it holds the lease, then learn from the stream."""
+    from app.learner_process import run_learner
+
+    settings = _settings(model=model, data_dir=data_dir, redis_url=redis_url)
+    try:
+        run_learner(settings)
+    except ModelNotFoundError as err:
+        _fail(f"RETENTIVE_MODEL: {err}")
+    except RedisUnavailableError as err:
+        _fail(f"RETENTIVE_REDIS_URL: {err}")
+
+
 def main() -> None:
     sys.exit(cli())

@@ -10,8 +10,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from learner.encoder import default_model_path, looks_like_path
 from learner.forgetting import AlarmPolicy
+from learner.loop import LoopConfig
 from learner.online import LearnerConfig
 from learner.strategies import Strategy
+from streams.keys import StreamKeys
 
 ENV_PREFIX = "RETENTIVE_"
 _LEARNER = LearnerConfig()
@@ -41,6 +43,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("RETENTIVE_REDIS_URL", "REDIS_URL"),
         description="Redis server URL (also read from REDIS_URL). Empty: start an embedded Redis under "
         "the data directory.",
+    )
+    model_name: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Name of this model's stream, lease and snapshots; processes sharing it share one model.",
     )
     key_prefix: str = Field("rt", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Prefix of every Redis key.")
     max_length: int = Field(
@@ -87,7 +94,32 @@ class Settings(BaseSettings):
         _LEARNER.alarm_policy,
         description="On an alarm: alert only, pause learning, or rollback to a good snapshot.",
     )
+    batch_wait_s: float = Field(
+        1.0, gt=0, description="Longest wait to fill a micro-batch; a partial batch trains after it."
+    )
     snapshot_every: int = Field(200, gt=0, description="Write a snapshot every this many updates.")
+    snapshot_every_s: float = Field(
+        30.0, gt=0, description="Also snapshot (and so acknowledge) applied entries at least this often."
+    )
+    stream_retention: int = Field(
+        1000, ge=0, description="Acknowledged entries kept in the stream after trimming, for inspection."
+    )
+    max_backlog: int = Field(
+        100_000,
+        gt=0,
+        description="Unacknowledged entries past which feedback is refused (503 + Retry-After).",
+    )
+    max_deliveries: int = Field(
+        10, gt=0, description="Deliveries of one entry after which it goes to the dead-letter stream."
+    )
+    lease_ttl_ms: int = Field(
+        10_000,
+        ge=500,
+        description="Learner lease; a standby takes over within this long after the active dies.",
+    )
+    ledger: bool = Field(
+        False, description="Test mode: keep every applied entry's id in the snapshots, to audit exactly-once."
+    )
     snapshot_keep: int = Field(
         5, gt=0, description="Newest snapshots kept (the best and pinned ones are kept too)."
     )
@@ -125,6 +157,23 @@ class Settings(BaseSettings):
         if looks_like_path(value) and not (Path(value).expanduser() / "config.json").is_file():
             raise ValueError(f"no model directory at {value} (expected a config.json there)")
         return value
+
+    def loop_config(self) -> LoopConfig:
+        return LoopConfig(
+            batch_size=self.batch_size,
+            batch_wait_s=self.batch_wait_s,
+            snapshot_every=self.snapshot_every,
+            snapshot_every_s=self.snapshot_every_s,
+            retention=self.stream_retention,
+            ledger=self.ledger,
+        )
+
+    def stream_keys(self) -> StreamKeys:
+        return StreamKeys(self.key_prefix, self.model_name)
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.data_dir / "snapshots" / self.model_name
 
     def learner_config(self) -> LearnerConfig:
         return LearnerConfig(

@@ -1,0 +1,50 @@
+"""Wiring of a learner process: settings in, a running learner loop out, stopped cleanly by SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+
+import redis
+import torch
+
+from app.settings import Settings
+from learner.encoder import load_encoder
+from learner.loop import LearnerLoop
+from learner.online import OnlineLearner
+from learner.snapshots import SnapshotStore
+from streams.connection import connect
+
+
+def run_learner(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT: finish the step, snapshot, acknowledge, release the lease."""
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(settings.learner_threads)
+    client = connect(settings.redis_url, settings.data_dir)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.is_set():
+        lost_lease = _learner_loop(settings, client).run(stop)
+        if not lost_lease:
+            return
+
+
+def _learner_loop(settings: Settings, client: redis.Redis) -> LearnerLoop:
+    tokenizer, encoder = load_encoder(settings.model)
+    store = SnapshotStore(settings.snapshot_dir, keep=settings.snapshot_keep)
+    learner = OnlineLearner(tokenizer, encoder, settings.learner_config(), store=store)
+    return LearnerLoop(
+        learner,
+        store,
+        client,
+        settings.stream_keys(),
+        consumer_name=f"{socket.gethostname()}-{os.getpid()}",
+        config=settings.loop_config(),
+        lease_ttl_ms=settings.lease_ttl_ms,
+        max_deliveries=settings.max_deliveries,
+    )
