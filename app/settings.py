@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.auth import parse_api_keys
 from learner.encoder import default_model_path, looks_like_path
 from learner.forgetting import AlarmPolicy
 from learner.loop import LoopConfig
@@ -126,24 +127,20 @@ class Settings(BaseSettings):
     max_labels: int = Field(
         _LEARNER.max_labels, gt=0, description="Most distinct labels the head may grow to."
     )
-    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
-        default_factory=list,
-        description="Comma-separated keys for predict and feedback; empty: no key needed.",
-    )
-    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
-        default_factory=list,
-        description="Comma-separated keys that may also roll back, pause, edit probes.",
+    api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="API keys as KEY:SCOPE[,SCOPE...] separated by ';' (scopes: predict, feedback, admin). "
+        "Empty: no key needed, and the API binds to loopback only.",
     )
     host: str = Field("127.0.0.1", description="Address the API binds to.")
     port: int = Field(8000, ge=0, le=65535, description="Port the API binds to.")
     api_threads: int = Field(1, gt=0, description="Torch threads of the API process (inference).")
     learner_threads: int = Field(1, gt=0, description="Torch threads of the learner process (training).")
 
-    @field_validator("api_keys", "admin_keys", mode="before")
+    @field_validator("api_keys")
     @classmethod
-    def _split_keys(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [key.strip() for key in value.split(",") if key.strip()]
+    def _parse_keys(cls, value: SecretStr) -> SecretStr:
+        parse_api_keys(value.get_secret_value())
         return value
 
     @field_validator("strategy")
@@ -207,7 +204,7 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError("; ".join(_describe(error) for error in err.errors())) from None
 
 
-_SECRET_FIELDS = {"api_keys", "admin_keys"}
+_SECRET_FIELDS = {"api_keys"}
 
 
 def _describe(error: dict) -> str:

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from app.auth import Scope, parse_api_keys
 from app.settings import ConfigError, load_settings, settings_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -20,10 +21,16 @@ def test_explicit_override_beats_environment(monkeypatch: pytest.MonkeyPatch) ->
     assert load_settings(redis_url="redis://flag:6379/0").redis_url == "redis://flag:6379/0"
 
 
-def test_keys_are_comma_separated_and_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RETENTIVE_API_KEYS", "alpha, beta ,")
-    assert [key.get_secret_value() for key in load_settings().api_keys] == ["alpha", "beta"]
+def test_api_keys_carry_scopes_and_are_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RETENTIVE_API_KEYS", "alpha:predict,feedback; beta:admin")
+    keys = parse_api_keys(load_settings().api_keys.get_secret_value())
+    assert keys["alpha"] == {Scope.PREDICT, Scope.FEEDBACK}
+    assert keys["beta"] == set(Scope)
     assert "alpha" not in repr(load_settings())
+    monkeypatch.setenv("RETENTIVE_API_KEYS", "alpha:root")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "scopes are predict, feedback, admin" in str(err.value) and "alpha" not in str(err.value)
 
 
 @pytest.mark.parametrize(

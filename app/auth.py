@@ -1,0 +1,62 @@
+"""API keys with scopes, sent as `Authorization: Bearer KEY` and compared in constant time."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from enum import StrEnum
+
+from fastapi import Request
+
+from app.errors import ApiError
+
+
+class Scope(StrEnum):
+    PREDICT = "predict"
+    FEEDBACK = "feedback"
+    ADMIN = "admin"
+
+
+def parse_api_keys(raw: str) -> dict[str, frozenset[Scope]]:
+    """`KEY:SCOPE[,SCOPE...]` entries separated by `;`; `admin` implies every scope."""
+    keys: dict[str, frozenset[Scope]] = {}
+    for number, entry in enumerate(part.strip() for part in raw.split(";")):
+        if not entry:
+            continue
+        key, sep, scopes = entry.partition(":")
+        if not sep or not key.strip():
+            raise ValueError(f"entry {number + 1} must look like KEY:SCOPE[,SCOPE...]")
+        try:
+            granted = frozenset(Scope(s.strip()) for s in scopes.split(",") if s.strip())
+        except ValueError:
+            raise ValueError(f"entry {number + 1}: scopes are {', '.join(Scope)}") from None
+        if not granted:
+            raise ValueError(f"entry {number + 1} names no scope")
+        keys[key.strip()] = frozenset(Scope) if Scope.ADMIN in granted else granted
+    return keys
+
+
+def require(scope: Scope) -> Callable[[Request], None]:
+    """Dependency: 401 without a known key, 403 when the key lacks `scope`; open when no key is configured."""
+
+    def check(request: Request) -> None:
+        keys: dict[str, frozenset[Scope]] = request.app.state.api_keys
+        if not keys:
+            return
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        granted = _lookup(keys, presented.strip()) if scheme.lower() == "bearer" else None
+        if granted is None:
+            raise ApiError(401, "unauthorized", "send a valid API key as 'Authorization: Bearer KEY'")
+        if scope not in granted:
+            raise ApiError(403, "forbidden", f"this API key lacks the '{scope}' scope")
+
+    return check
+
+
+def _lookup(keys: dict[str, frozenset[Scope]], presented: str) -> frozenset[Scope] | None:
+    # Compare against every key so the time taken does not reveal which one matched or how closely.
+    found = None
+    for key, scopes in keys.items():
+        if hmac.compare_digest(key.encode(), presented.encode()):
+            found = scopes
+    return found
