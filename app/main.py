@@ -1,55 +1,208 @@
-"""FastAPI application factory."""
+"""FastAPI application factory: predictions from the published weights, feedback into the stream, metrics out.
+
+The API never trains. It serves the newest snapshot the learner published and swaps to a newer one as soon as
+it is announced; feedback is written whole to the Redis stream or refused whole.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 
 import redis
 import torch
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.auth import Scope, parse_api_keys, require
+from app.errors import ApiError, error_response
+from app.schemas import (
+    ErrorBody,
+    FeedbackRequest,
+    FeedbackResponse,
+    ForgettingResponse,
+    ModelResponse,
+    PredictRequest,
+    PredictResponse,
+)
+from app.serving import ModelHolder
 from app.settings import Settings
-from learner.encoder import load_encoder
+from learner.snapshots import SnapshotStore
 from streams.connection import connect
+from streams.notify import read_counters, recent_evaluations
+from streams.producer import BacklogFull, FeedbackProducer
+from streams.records import FeedbackRecord, MalformedRecord
+
+ERRORS = {status: {"model": ErrorBody} for status in (401, 403, 409, 422, 503)}
+EMPTY_FORGETTING = {
+    "model_version": None,
+    "updates": None,
+    "evaluated_at": None,
+    "summary": {"mean_accuracy": None, "mean_forgetting": None, "max_forgetting": None, "bwt": None},
+    "probes": [],
+    "alarms": [],
+}
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """The API, holding the encoder for inference and a Redis client for the stream."""
+    """The API for one model, sharing Redis and the snapshot directory with its learner."""
+    keys = settings.stream_keys()
+    holder = ModelHolder(settings.model, SnapshotStore(settings.snapshot_dir), settings.learner_config())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.api_threads)
         app.state.redis = await asyncio.to_thread(connect, settings.redis_url, settings.data_dir)
-        app.state.tokenizer, app.state.encoder = await asyncio.to_thread(load_encoder, settings.model)
-        app.state.encoder.eval()
+        app.state.producer = FeedbackProducer(app.state.redis, keys, max_backlog=settings.max_backlog)
+        await asyncio.to_thread(holder.refresh)
+        stop = threading.Event()
+        follower = threading.Thread(target=holder.follow, args=(app.state.redis, keys, stop), daemon=True)
+        follower.start()
         yield
+        stop.set()
         app.state.redis.close()
 
-    app = FastAPI(title="retentive", version=_version(), lifespan=lifespan)
+    app = FastAPI(title="retentive", version=version("retentive"), lifespan=lifespan)
+    app.state.api_keys = parse_api_keys(settings.api_keys.get_secret_value())
+    _install_error_handlers(app)
 
     @app.get("/healthz", summary="The process is up")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="The model is loaded and Redis answers")
-    async def readyz() -> JSONResponse:
+    @app.get("/readyz", summary="Redis answers (the model may still be waiting for its first snapshot)")
+    async def readyz(request: Request) -> JSONResponse:
         try:
-            await asyncio.to_thread(app.state.redis.ping)
+            await asyncio.to_thread(request.app.state.redis.ping)
         except redis.RedisError as err:
-            return _error(503, "redis_unavailable", f"Redis does not answer: {err}")
-        return JSONResponse({"status": "ready", "model": settings.model})
+            return error_response(503, "redis_unavailable", f"Redis does not answer: {err}")
+        served = holder.current
+        return JSONResponse({"status": "ready", "model_version": served.version if served else None})
+
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        responses=ERRORS,
+        dependencies=[Depends(require(Scope.PREDICT))],
+        summary="Classify texts with the newest published weights",
+    )
+    async def predict(body: PredictRequest) -> PredictResponse:
+        served = holder.current
+        if served is None or not served.classifier.labels:
+            raise ApiError(409, "no_labels_yet", "no label has been learned yet: post feedback first")
+        predictions = await run_in_threadpool(served.predict, body.inputs, body.top_k)
+        return PredictResponse(
+            model_version=served.version,
+            snapshot_id=served.snapshot_id,
+            predictions=[
+                {
+                    "label": p.label,
+                    "score": p.score,
+                    "top": [{"label": s.label, "score": s.score} for s in p.top],
+                    "prediction_id": uuid.uuid4().hex,
+                }
+                for p in predictions
+            ],
+        )
+
+    @app.post(
+        "/v1/feedback",
+        status_code=202,
+        response_model=FeedbackResponse,
+        responses=ERRORS,
+        dependencies=[Depends(require(Scope.FEEDBACK))],
+        summary="Add labelled examples to the learning stream, all or nothing",
+    )
+    async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
+        records = [FeedbackRecord(**example.model_dump()) for example in body.examples]
+        result = await run_in_threadpool(request.app.state.producer.add, records)
+        return FeedbackResponse(
+            accepted=result.accepted, duplicates=result.duplicates, stream_ids=result.stream_ids
+        )
+
+    @app.get(
+        "/v1/forgetting",
+        response_model=ForgettingResponse,
+        responses=ERRORS,
+        dependencies=[Depends(require(Scope.PREDICT))],
+        summary="The latest evaluation of every probe set",
+    )
+    async def forgetting(request: Request) -> dict:
+        latest = await run_in_threadpool(recent_evaluations, request.app.state.redis, keys, 1)
+        return latest[0] if latest else EMPTY_FORGETTING
+
+    @app.get(
+        "/v1/model",
+        response_model=ModelResponse,
+        responses=ERRORS,
+        dependencies=[Depends(require(Scope.PREDICT))],
+        summary="What is served and what the learner has done",
+    )
+    async def model(request: Request) -> ModelResponse:
+        client = request.app.state.redis
+        counters = await run_in_threadpool(read_counters, client, keys)
+        learner_up = await run_in_threadpool(client.exists, keys.lease)
+        served = holder.current
+        return ModelResponse(
+            model_version=served.version if served else None,
+            snapshot_id=served.snapshot_id if served else None,
+            base_model=settings.model,
+            strategy=settings.strategy,
+            labels=served.classifier.labels if served else [],
+            counters={name: int(value) for name, value in counters.items() if value.isdigit()},
+            stream_lag=await run_in_threadpool(request.app.state.producer.backlog),
+            learner="running" if learner_up else "absent",
+        )
 
     return app
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "details": None}}, status_code=status)
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, err: ApiError) -> JSONResponse:
+        return error_response(err.status, err.code, err.message, err.details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        return error_response(err.status_code, f"http_{err.status_code}", str(err.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, err: RequestValidationError) -> JSONResponse:
+        problems = [{"field": _location(e["loc"]), "message": e["msg"]} for e in err.errors()]
+        message = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        return error_response(422, "invalid_request", message, problems)
+
+    @app.exception_handler(MalformedRecord)
+    async def malformed(_: Request, err: MalformedRecord) -> JSONResponse:
+        field = f"examples[{err.index}].{err.field}" if err.index is not None else str(err.field)
+        return error_response(
+            422, "invalid_request", f"{field}: {err.reason}", [{"field": field, "message": err.reason}]
+        )
+
+    @app.exception_handler(BacklogFull)
+    async def backlog_full(_: Request, err: BacklogFull) -> JSONResponse:
+        message = f"the learner is {err.backlog} entries behind (limit {err.limit}); retry later"
+        response = error_response(503, "backlog_full", message)
+        response.headers["Retry-After"] = str(err.retry_after_s)
+        return response
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_down(_: Request, err: redis.RedisError) -> JSONResponse:
+        response = error_response(503, "redis_unavailable", f"the feedback stream is unavailable: {err}")
+        response.headers["Retry-After"] = "5"
+        return response
 
 
-def _version() -> str:
-    from importlib.metadata import version
-
-    return version("retentive")
+def _location(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if part.isdigit() else (f".{part}" if text else part)
+    return text or "body"

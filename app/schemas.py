@@ -1,0 +1,109 @@
+"""Request and response bodies of the HTTP API; every field is documented in the OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PredictRequest(Strict):
+    inputs: list[str] = Field(min_length=1, max_length=256, description="Texts to classify.")
+    top_k: int = Field(1, ge=1, le=100, description="How many ranked labels to return per text.")
+
+
+class Scored(Strict):
+    label: str = Field(description="A label the model has learned.")
+    score: float = Field(description="Softmax probability of the label.")
+
+
+class Prediction(Strict):
+    label: str = Field(description="The most likely label.")
+    score: float = Field(description="Its softmax probability.")
+    top: list[Scored] = Field(description="The top_k labels, most likely first.")
+    prediction_id: str = Field(description="Identifies this prediction; send it back with feedback on it.")
+
+
+class PredictResponse(Strict):
+    model_version: int = Field(description="Version of the snapshot whose weights answered.")
+    snapshot_id: str = Field(description="That snapshot's id.")
+    predictions: list[Prediction] = Field(description="One per input, in input order.")
+
+
+class FeedbackExample(Strict):
+    text: str = Field(description="The text.")
+    label: str = Field(description="Its correct label; a label not seen before is learned as a new class.")
+    id: str | None = Field(None, description="Idempotency key: an id sent again is not added twice.")
+    slice: str | None = Field(None, description="Free tag for grouping feedback, e.g. a customer or source.")
+    prediction_id: str | None = Field(None, description="The prediction this feedback corrects or confirms.")
+
+
+class FeedbackRequest(Strict):
+    examples: list[FeedbackExample] = Field(min_length=1, max_length=1000, description="Labelled examples.")
+
+
+class FeedbackResponse(Strict):
+    accepted: int = Field(description="Examples added to the stream.")
+    duplicates: int = Field(description="Examples whose id had been sent before; nothing was added for them.")
+    stream_ids: list[str] = Field(description="Stream entry of each example, in request order.")
+
+
+class HistoryPoint(Strict):
+    updates: int = Field(description="Learner updates at the evaluation.")
+    model_version: int = Field(description="Model version at the evaluation.")
+    accuracy: float = Field(description="Accuracy on the probe.")
+
+
+class ProbeReport(BaseModel):
+    name: str = Field(description="Probe set name.")
+    source: str | None = Field(description="registered (by a user) or held_out (from the stream).")
+    size: int | None = Field(description="Examples in the probe set.")
+    accuracy: float | None = Field(description="Accuracy at the latest evaluation.")
+    best_accuracy: float | None = Field(description="Best accuracy so far.")
+    forgetting: float | None = Field(description="best_accuracy minus accuracy.")
+    history: list[HistoryPoint] = Field(description="Accuracy over time.")
+
+
+class ForgettingSummary(Strict):
+    mean_accuracy: float | None = Field(description="Mean accuracy over probes at the latest evaluation.")
+    mean_forgetting: float | None = Field(description="Mean forgetting over probes.")
+    max_forgetting: float | None = Field(description="Largest forgetting of any probe.")
+    bwt: float | None = Field(
+        description="Backward transfer: mean of accuracy now minus when first evaluated."
+    )
+
+
+class ForgettingResponse(Strict):
+    model_version: int | None = Field(description="Model version at the latest evaluation; null before any.")
+    updates: int | None = Field(description="Learner updates at the latest evaluation.")
+    evaluated_at: str | None = Field(description="Time of the latest evaluation (ISO 8601, UTC).")
+    summary: ForgettingSummary = Field(description="Forgetting over all probes.")
+    probes: list[ProbeReport] = Field(description="Per probe: accuracy, best, forgetting, history.")
+    alarms: list[dict[str, Any]] = Field(
+        description="Active alarms: probes whose forgetting passed the threshold."
+    )
+
+
+class ModelResponse(Strict):
+    model_version: int | None = Field(description="Version served by this replica; null before any snapshot.")
+    snapshot_id: str | None = Field(description="Snapshot served by this replica.")
+    base_model: str = Field(description="The encoder the model was built on.")
+    strategy: str = Field(description="Update strategy of the learner.")
+    labels: list[str] = Field(description="Labels the served model knows.")
+    counters: dict[str, int] = Field(description="Stream and learner counters.")
+    stream_lag: int = Field(description="Accepted entries not yet acknowledged by the learner.")
+    learner: str = Field(description="running, paused, standby (waiting for the lease) or absent.")
+
+
+class ErrorDetail(Strict):
+    code: str = Field(description="Machine-readable error code.")
+    message: str = Field(description="What went wrong and what to fix.")
+    details: Any = Field(None, description="Extra data, e.g. the failing fields.")
+
+
+class ErrorBody(Strict):
+    error: ErrorDetail

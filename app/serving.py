@@ -1,0 +1,88 @@
+"""The weights an API process serves, swapped whole when the learner publishes a newer snapshot.
+
+A request takes one reference to the current `ServedModel` and uses it to the end, so it never sees half a
+model. New versions arrive by pub/sub on the model's versions channel, with a periodic check as fallback
+for a missed message; loading happens off the request path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import redis
+
+from learner.classifier import Prediction, TextClassifier
+from learner.encoder import load_encoder
+from learner.online import LearnerConfig
+from learner.snapshots import MODEL, SnapshotStore
+from streams.keys import StreamKeys
+from streams.notify import subscribe_versions
+
+log = logging.getLogger("retentive.api")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    version: int
+    snapshot_id: str
+    classifier: TextClassifier
+
+    def predict(self, texts: list[str], top_k: int) -> list[Prediction]:
+        return self.classifier.predict(texts, top_k=top_k)
+
+
+class ModelHolder:
+    """Holds the newest published model; `current` is None until the learner has written a snapshot."""
+
+    def __init__(self, model: str, store: SnapshotStore, config: LearnerConfig) -> None:
+        self.model = model
+        self.store = store
+        self.config = config
+        self.current: ServedModel | None = None
+        self._loading = threading.Lock()
+
+    def refresh(self) -> bool:
+        """Load the newest valid snapshot if it is newer than the one served; True if it swapped."""
+        with self._loading:
+            latest = self.store.latest()
+            if latest is None or (self.current and latest.version <= self.current.version):
+                return False
+            snapshot, problems = self.store.load_latest_valid(only=[MODEL, "state"])
+            for problem in problems:
+                log.warning("snapshot skipped: %s", problem)
+            if snapshot is None or (self.current and snapshot.manifest.version <= self.current.version):
+                return False
+            tokenizer, encoder = load_encoder(self.model)
+            saved = snapshot.state["config"]
+            classifier = TextClassifier(
+                tokenizer,
+                encoder,
+                head=saved["head"],
+                max_length=saved["max_length"],
+                max_labels=saved["max_labels"],
+            )
+            classifier.set_labels(snapshot.state["labels"])
+            classifier.load_state_dict(snapshot.tensors[MODEL])
+            classifier.eval()
+            self.current = ServedModel(snapshot.manifest.version, snapshot.id, classifier)
+            log.info("serving model version %d (%s)", self.current.version, self.current.snapshot_id)
+            return True
+
+    def follow(
+        self, client: redis.Redis, keys: StreamKeys, stop: threading.Event, check_s: float = 5.0
+    ) -> None:
+        """Refresh on every version announcement, and every `check_s` in case one was missed."""
+        pubsub = None
+        while not stop.is_set():
+            try:
+                pubsub = pubsub or subscribe_versions(client, keys)
+                pubsub.get_message(timeout=check_s)
+            except redis.RedisError as err:
+                log.warning("version announcements unavailable: %s", err)
+                pubsub = None
+                stop.wait(check_s)
+            self.refresh()
+        if pubsub is not None:
+            pubsub.close()
