@@ -20,6 +20,7 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 ModelOpt = Annotated[str | None, typer.Option(help="Model directory or hub name [RETENTIVE_MODEL].")]
 DataDirOpt = Annotated[Path | None, typer.Option(help="Data directory [RETENTIVE_DATA_DIR].")]
 RedisOpt = Annotated[str | None, typer.Option(help="Redis URL; empty for embedded [RETENTIVE_REDIS_URL].")]
@@ -67,15 +68,24 @@ def serve(
     redis_url: RedisOpt = None,
     host: Annotated[str | None, typer.Option(help="Bind address [RETENTIVE_HOST].")] = None,
     port: Annotated[int | None, typer.Option(help="Port [RETENTIVE_PORT].")] = None,
+    learner: Annotated[bool, typer.Option(help="Also run a learner in a child process.")] = True,
+    insecure: Annotated[bool, typer.Option(help="Allow a non-loopback address with no API keys.")] = False,
 ) -> None:
-    """Run the API."""
+    """Run the API and, unless --no-learner, a learner child process."""
     import uvicorn
 
     from app.main import create_app
+    from app.supervisor import LearnerChild
     from learner.encoder import load_encoder
     from streams.connection import connect
 
     settings = _settings(model=model, data_dir=data_dir, redis_url=redis_url, host=host, port=port)
+    open_access = not settings.api_keys.get_secret_value()
+    if open_access and settings.host not in LOOPBACK and not insecure:
+        _fail(
+            f"RETENTIVE_HOST: {settings.host} is reachable from other machines and no API key is set; "
+            "set RETENTIVE_API_KEYS or pass --insecure"
+        )
     try:
         connect(settings.redis_url, settings.data_dir).close()
         load_encoder(settings.model)
@@ -83,7 +93,16 @@ def serve(
         _fail(f"RETENTIVE_MODEL: {err}")
     except RedisUnavailableError as err:
         _fail(f"RETENTIVE_REDIS_URL: {err}")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+    if open_access:
+        typer.echo(f"no API keys set: serving without authentication on {settings.host} only", err=True)
+    child = LearnerChild(settings) if learner else None
+    if child:
+        child.start()
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+    finally:
+        if child:
+            child.stop()
 
 
 @cli.command()
@@ -102,3 +121,7 @@ def learn(model: ModelOpt = None, data_dir: DataDirOpt = None, redis_url: RedisO
 
 def main() -> None:
     sys.exit(cli())
+
+
+if __name__ == "__main__":
+    main()
