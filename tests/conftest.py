@@ -33,6 +33,16 @@ def tiny_encoder() -> Encoder:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model saved as a model directory, for processes started by a test."""
+    directory = tmp_path_factory.mktemp("tiny-model")
+    tokenizer, model = tiny_bert(seed=0)
+    tokenizer.save_pretrained(directory)
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
 def embedded_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     data_dir = tmp_path_factory.mktemp("embedded")
     yield data_dir

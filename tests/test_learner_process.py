@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import redis
 
-from learner.encoder import tiny_bert
 from learner.snapshots import SnapshotStore
 from streams.consumer import GROUP
 from streams.embedded import EmbeddedRedis
@@ -27,15 +26,6 @@ from tests.conftest import RedisTarget
 
 WORDS = "river market goal vote rain film code bank match storm album player court cloud engine".split()  # noqa: SIM905
 LABELS = ["sports", "business", "weather", "culture"]
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("tiny-model")
-    tokenizer, model = tiny_bert(seed=0)
-    tokenizer.save_pretrained(directory)
-    model.save_pretrained(directory)
-    return directory
 
 
 @dataclass

@@ -15,7 +15,7 @@ import pytest
 from streams.connection import stop_embedded
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -23,7 +23,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -37,7 +37,7 @@ def served(tmp_path: Path) -> Iterator[str]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(base, process)
+        wait_ready(base, process)
         yield base
     finally:
         process.terminate()
@@ -45,7 +45,7 @@ def served(tmp_path: Path) -> Iterator[str]:
         stop_embedded(tmp_path)
 
 
-def _wait_ready(base: str, process: subprocess.Popen) -> None:
+def wait_ready(base: str, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:

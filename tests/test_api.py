@@ -1,0 +1,154 @@
+"""The service end to end: a real `retentive serve` (uvicorn and its learner child) over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from streams.connection import stop_embedded
+from tests.test_serve import free_port, wait_ready
+
+LABELS = {
+    "astronomy": "the telescope saw a distant galaxy and a bright comet near the planet",
+    "cooking": "stir the butter and garlic into the pan then bake the bread in the oven",
+    "football": "the striker scored a goal and the goalkeeper saved a late penalty kick",
+}
+ADMIN, PREDICTOR = "admin-key-1", "predict-key-1"
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[str]:
+    data_dir = tmp_path_factory.mktemp("service")
+    port = free_port()
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "RETENTIVE_MODEL": str(tiny_model_dir),
+        "RETENTIVE_DATA_DIR": str(data_dir),
+        "RETENTIVE_PORT": str(port),
+        "RETENTIVE_API_KEYS": f"{ADMIN}:admin;{PREDICTOR}:predict",
+        "RETENTIVE_BATCH_SIZE": "8",
+        "RETENTIVE_BATCH_WAIT_S": "0.2",
+        "RETENTIVE_SNAPSHOT_EVERY": "5",
+        "RETENTIVE_SNAPSHOT_EVERY_S": "1",
+        "RETENTIVE_EVAL_EVERY": "5",
+        "RETENTIVE_PROBE_FRACTION": "0.2",
+        "RETENTIVE_LEARNING_RATE": "1e-3",
+        "RETENTIVE_STRATEGY": "migu+replay",
+    }
+    for name in ("REDIS_URL", "RETENTIVE_REDIS_URL"):
+        env.pop(name, None)
+    process = subprocess.Popen(
+        ["retentive", "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, process)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=90)
+        stop_embedded(data_dir)
+
+
+def call(base: str, method: str, path: str, key: str | None = ADMIN, **kwargs: object) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.request(method, f"{base}{path}", headers=headers, timeout=30, **kwargs)
+
+
+def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def examples(count: int) -> list[dict[str, str]]:
+    return [
+        {"text": f"{text} {i}", "label": label, "id": f"{label}-{i}"}
+        for i in range(count)
+        for label, text in LABELS.items()
+    ]
+
+
+def test_before_any_feedback_predict_says_to_post_feedback(service: str) -> None:
+    response = call(service, "POST", "/v1/predict", json={"inputs": ["hello"]})
+    if response.status_code == 200:
+        pytest.skip("the module's learner already published a model")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "no_labels_yet"
+    assert "post feedback" in response.json()["error"]["message"]
+    assert call(service, "GET", "/v1/forgetting").json()["probes"] == []
+
+
+def test_one_bad_example_refuses_the_request_and_writes_nothing(service: str) -> None:
+    before = call(service, "GET", "/v1/model").json()["counters"].get("accepted", 0)
+    body = {"examples": [{"text": "fine", "label": "ok"}, {"text": "bad", "label": "x" * 500}]}
+    response = call(service, "POST", "/v1/feedback", json=body)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request" and "examples[1].label" in error["message"]
+    unknown = call(
+        service, "POST", "/v1/feedback", json={"examples": [{"text": "a", "label": "b", "colour": 1}]}
+    )
+    assert unknown.status_code == 422 and "examples[0].colour" in unknown.json()["error"]["message"]
+    assert call(service, "GET", "/v1/model").json()["counters"].get("accepted", 0) == before
+
+
+def test_keys_and_scopes_are_enforced(service: str) -> None:
+    assert call(service, "POST", "/v1/predict", key=None, json={"inputs": ["x"]}).status_code == 401
+    assert call(service, "POST", "/v1/predict", key="wrong", json={"inputs": ["x"]}).status_code == 401
+    denied = call(
+        service, "POST", "/v1/feedback", key=PREDICTOR, json={"examples": [{"text": "a", "label": "b"}]}
+    )
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "forbidden"
+    assert PREDICTOR not in denied.text
+    assert call(service, "GET", "/healthz", key=None).status_code == 200
+
+
+def test_feedback_for_new_labels_is_learned_and_served(service: str) -> None:
+    posted = call(service, "POST", "/v1/feedback", json={"examples": examples(40)})
+    assert posted.status_code == 202, posted.text
+    assert posted.json()["accepted"] == 120 and posted.json()["duplicates"] == 0
+    again = call(service, "POST", "/v1/feedback", json={"examples": examples(2)})
+    assert again.json() == {"accepted": 0, "duplicates": 6, "stream_ids": again.json()["stream_ids"]}
+
+    queries = [f"{text} again" for text in LABELS.values()]
+
+    def learned() -> bool:
+        response = call(service, "POST", "/v1/predict", json={"inputs": queries, "top_k": 3})
+        if response.status_code != 200:
+            return False
+        return [p["label"] for p in response.json()["predictions"]] == list(LABELS)
+
+    eventually(learned, timeout=120, what="predictions of the three new labels")
+    answer = call(service, "POST", "/v1/predict", key=PREDICTOR, json={"inputs": queries, "top_k": 3}).json()
+    assert answer["model_version"] >= 1 and len(answer["predictions"][0]["top"]) == 3
+
+    def settled() -> bool:
+        counters = call(service, "GET", "/v1/model").json()["counters"]
+        return counters.get("applied", 0) + counters.get("held_out", 0) == 120
+
+    eventually(settled, timeout=60, what="the learner to apply every example")
+    model = call(service, "GET", "/v1/model").json()
+    counters = model["counters"]
+    assert counters["accepted"] == 120 and counters["duplicates"] == 6
+    assert (
+        counters["applied"] + counters["held_out"] + counters.get("dead_lettered", 0) == counters["accepted"]
+    )
+    assert sorted(model["labels"]) == sorted(LABELS) and model["learner"] == "running"
+
+    eventually(
+        lambda: call(service, "GET", "/v1/forgetting").json()["probes"] != [], 60, "a probe evaluation"
+    )
+    forgetting = call(service, "GET", "/v1/forgetting").json()
+    assert all(p["source"] == "held_out" and p["history"] for p in forgetting["probes"])
+    assert 0.0 <= forgetting["summary"]["mean_accuracy"] <= 1.0
