@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 
@@ -17,12 +18,14 @@ import redis
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.auth import Scope, parse_api_keys, require
 from app.errors import ApiError, error_response
+from app.metrics import ApiMetrics
 from app.schemas import (
     ErrorBody,
     FeedbackRequest,
@@ -31,6 +34,7 @@ from app.schemas import (
     ModelResponse,
     PredictRequest,
     PredictResponse,
+    SnapshotInfo,
 )
 from app.serving import ModelHolder
 from app.settings import Settings
@@ -71,7 +75,19 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="retentive", version=version("retentive"), lifespan=lifespan)
     app.state.api_keys = parse_api_keys(settings.api_keys.get_secret_value())
+    metrics = ApiMetrics()
     _install_error_handlers(app)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        began = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = route.path if route is not None else "unmatched"
+        metrics.latency.labels(path, str(response.status_code)).observe(time.perf_counter() - began)
+        if path == "/v1/feedback" and response.status_code >= 400:
+            metrics.feedback.labels("refused").inc()
+        return response
 
     @app.get("/healthz", summary="The process is up")
     async def healthz() -> dict[str, str]:
@@ -98,6 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
         if served is None or not served.classifier.labels:
             raise ApiError(409, "no_labels_yet", "no label has been learned yet: post feedback first")
         predictions = await run_in_threadpool(served.predict, body.inputs, body.top_k)
+        metrics.predictions.inc(len(predictions))
         return PredictResponse(
             model_version=served.version,
             snapshot_id=served.snapshot_id,
@@ -123,6 +140,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
         records = [FeedbackRecord(**example.model_dump()) for example in body.examples]
         result = await run_in_threadpool(request.app.state.producer.add, records)
+        metrics.feedback.labels("accepted").inc(result.accepted)
+        metrics.feedback.labels("duplicate").inc(result.duplicates)
         return FeedbackResponse(
             accepted=result.accepted, duplicates=result.duplicates, stream_ids=result.stream_ids
         )
@@ -160,6 +179,44 @@ def create_app(settings: Settings) -> FastAPI:
             stream_lag=await run_in_threadpool(request.app.state.producer.backlog),
             learner="running" if learner_up else "absent",
         )
+
+    @app.get(
+        "/v1/snapshots",
+        response_model=list[SnapshotInfo],
+        responses=ERRORS,
+        dependencies=[Depends(require(Scope.PREDICT))],
+        summary="Snapshots on disk, newest first",
+    )
+    async def snapshots() -> list[SnapshotInfo]:
+        manifests = await run_in_threadpool(holder.store.list)
+        return [
+            SnapshotInfo(
+                id=m.id,
+                version=m.version,
+                parent=m.parent,
+                created_at=m.created_at,
+                pinned=m.pinned,
+                updates=m.info.get("updates"),
+                mean_accuracy=m.info.get("mean_accuracy"),
+                alarms=m.info.get("alarms"),
+            )
+            for m in manifests
+        ]
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def prometheus(request: Request) -> Response:
+        client = request.app.state.redis
+        served = holder.current
+        metrics.model_version.set(served.version if served else 0)
+        try:
+            metrics.stream_lag.set(await run_in_threadpool(request.app.state.producer.backlog))
+            counters = await run_in_threadpool(read_counters, client, keys)
+            metrics.updates.set(int(counters.get("updates", 0)))
+            latest = await run_in_threadpool(recent_evaluations, client, keys, 1)
+            metrics.observe_evaluation(latest[0] if latest else {})
+        except redis.RedisError:
+            pass  # serve what is known; the stream gauges keep their last values
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

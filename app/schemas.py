@@ -99,6 +99,17 @@ class ModelResponse(Strict):
     learner: str = Field(description="running, paused, standby (waiting for the lease) or absent.")
 
 
+class SnapshotInfo(Strict):
+    id: str = Field(description="Snapshot id.")
+    version: int = Field(description="Model version it holds.")
+    parent: str | None = Field(description="The snapshot it was taken after.")
+    created_at: str = Field(description="When it was written (ISO 8601, UTC).")
+    pinned: bool = Field(description="Pinned snapshots are never removed by retention.")
+    updates: int | None = Field(description="Learner updates it holds.")
+    mean_accuracy: float | None = Field(description="Mean probe accuracy when it was written.")
+    alarms: int | None = Field(description="Forgetting alarms active when it was written.")
+
+
 class ErrorDetail(Strict):
     code: str = Field(description="Machine-readable error code.")
     message: str = Field(description="What went wrong and what to fix.")

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from streams.connection import stop_embedded
@@ -20,6 +21,7 @@ LABELS = {
     "football": "the striker scored a goal and the goalkeeper saved a late penalty kick",
 }
 ADMIN, PREDICTOR = "admin-key-1", "predict-key-1"
+SERVE_PID: dict[str, int] = {}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> I
         "RETENTIVE_PROBE_FRACTION": "0.2",
         "RETENTIVE_LEARNING_RATE": "1e-3",
         "RETENTIVE_STRATEGY": "migu+replay",
+        "RETENTIVE_LEASE_TTL_MS": "2000",
     }
     for name in ("REDIS_URL", "RETENTIVE_REDIS_URL"):
         env.pop(name, None)
@@ -50,6 +53,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> I
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base, process)
+        SERVE_PID[base] = process.pid
         yield base
     finally:
         process.terminate()
@@ -152,3 +156,25 @@ def test_feedback_for_new_labels_is_learned_and_served(service: str) -> None:
     forgetting = call(service, "GET", "/v1/forgetting").json()
     assert all(p["source"] == "held_out" and p["history"] for p in forgetting["probes"])
     assert 0.0 <= forgetting["summary"]["mean_accuracy"] <= 1.0
+
+
+def test_metrics_and_snapshots_report_what_happened(service: str) -> None:
+    call(service, "POST", "/v1/predict", json={"inputs": ["a bright comet"]})
+    metrics = call(service, "GET", "/metrics").text
+    assert "retentive_predictions_total" in metrics and "retentive_probe_accuracy{probe=" in metrics
+    version = call(service, "GET", "/v1/model").json()["model_version"]
+    assert f"retentive_model_version {float(version)}" in metrics
+    snapshots = call(service, "GET", "/v1/snapshots").json()
+    assert snapshots[0]["version"] >= version and all(s["id"] for s in snapshots)
+
+
+def test_killed_learner_child_leaves_predictions_up_and_is_restarted(service: str) -> None:
+    [child] = psutil.Process(SERVE_PID[service]).children()
+    child.kill()
+    query = {"inputs": [next(iter(LABELS.values()))]}
+    assert call(service, "POST", "/v1/predict", json=query).status_code == 200
+    eventually(lambda: call(service, "GET", "/v1/model").json()["learner"] == "absent", 30, "learner absent")
+    assert call(service, "POST", "/v1/predict", json=query).status_code == 200
+    eventually(lambda: call(service, "GET", "/v1/model").json()["learner"] == "running", 60, "a new learner")
+    [restarted] = psutil.Process(SERVE_PID[service]).children()
+    assert restarted.pid != child.pid

@@ -1,0 +1,47 @@
+"""Prometheus metrics of one API process, in a registry of its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "retentive_request_seconds", "Request latency", ["route", "status"], registry=self.registry
+        )
+        self.predictions = Counter("retentive_predictions", "Texts classified", registry=self.registry)
+        self.feedback = Counter(
+            "retentive_feedback_examples", "Feedback examples by outcome", ["outcome"], registry=self.registry
+        )
+        self.model_version = Gauge("retentive_model_version", "Version being served", registry=self.registry)
+        self.stream_lag = Gauge(
+            "retentive_stream_lag",
+            "Accepted entries not yet acknowledged by the learner",
+            registry=self.registry,
+        )
+        self.updates = Gauge("retentive_learner_updates", "Learner updates so far", registry=self.registry)
+        self.probe_accuracy = Gauge(
+            "retentive_probe_accuracy",
+            "Accuracy per probe at the latest evaluation",
+            ["probe"],
+            registry=self.registry,
+        )
+        self.probe_forgetting = Gauge(
+            "retentive_probe_forgetting",
+            "Forgetting per probe at the latest evaluation",
+            ["probe"],
+            registry=self.registry,
+        )
+
+    def observe_evaluation(self, evaluation: dict[str, Any]) -> None:
+        self.probe_accuracy.clear()
+        self.probe_forgetting.clear()
+        for probe in evaluation.get("probes", []):
+            if probe.get("accuracy") is not None:
+                self.probe_accuracy.labels(probe["name"]).set(probe["accuracy"])
+            if probe.get("forgetting") is not None:
+                self.probe_forgetting.labels(probe["name"]).set(probe["forgetting"])
