@@ -58,7 +58,7 @@ EMPTY_FORGETTING = {
 def create_app(settings: Settings) -> FastAPI:
     """The API for one model, sharing Redis and the snapshot directory with its learner."""
     keys = settings.stream_keys()
-    holder = ModelHolder(settings.model, SnapshotStore(settings.snapshot_dir), settings.learner_config())
+    holder = ModelHolder(settings.model, SnapshotStore(settings.snapshot_dir))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

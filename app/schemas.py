@@ -96,7 +96,7 @@ class ModelResponse(Strict):
     labels: list[str] = Field(description="Labels the served model knows.")
     counters: dict[str, int] = Field(description="Stream and learner counters.")
     stream_lag: int = Field(description="Accepted entries not yet acknowledged by the learner.")
-    learner: str = Field(description="running, paused, standby (waiting for the lease) or absent.")
+    learner: str = Field(description="running (a learner holds the lease) or absent.")
 
 
 class SnapshotInfo(Strict):

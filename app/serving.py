@@ -7,6 +7,7 @@ for a missed message; loading happens off the request path.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from dataclasses import dataclass
@@ -14,8 +15,7 @@ from dataclasses import dataclass
 import redis
 
 from learner.classifier import Prediction, TextClassifier
-from learner.encoder import load_encoder
-from learner.online import LearnerConfig
+from learner.encoder import Encoder, load_encoder
 from learner.snapshots import MODEL, SnapshotStore
 from streams.keys import StreamKeys
 from streams.notify import subscribe_versions
@@ -36,12 +36,19 @@ class ServedModel:
 class ModelHolder:
     """Holds the newest published model; `current` is None until the learner has written a snapshot."""
 
-    def __init__(self, model: str, store: SnapshotStore, config: LearnerConfig) -> None:
+    def __init__(self, model: str, store: SnapshotStore) -> None:
         self.model = model
         self.store = store
-        self.config = config
         self.current: ServedModel | None = None
         self._loading = threading.Lock()
+        self._base: Encoder | None = None
+
+    def _fresh_encoder(self) -> Encoder:
+        # Read the base model from disk once; each swap copies it and then overwrites its weights.
+        if self._base is None:
+            self._base = load_encoder(self.model)
+        tokenizer, encoder = self._base
+        return tokenizer, copy.deepcopy(encoder)
 
     def refresh(self) -> bool:
         """Load the newest valid snapshot if it is newer than the one served; True if it swapped."""
@@ -54,7 +61,7 @@ class ModelHolder:
                 log.warning("snapshot skipped: %s", problem)
             if snapshot is None or (self.current and snapshot.manifest.version <= self.current.version):
                 return False
-            tokenizer, encoder = load_encoder(self.model)
+            tokenizer, encoder = self._fresh_encoder()
             saved = snapshot.state["config"]
             classifier = TextClassifier(
                 tokenizer,

@@ -323,7 +323,6 @@ class OnlineLearner:
         self.optimizer = self._make_optimizer()
         self.optimizer.load_state_dict(_join_optimizer_state(_strip(trainer, "optim."), state["optimizer"]))
         if self.gate is not None:
-            self.gate = self._make_gate()
             self.gate.load_state_dict(_strip(trainer, "gate."))
         torch.set_rng_state(trainer["rng.torch"])
         self.rng.setstate(_rng_from_json(state["rng"]))

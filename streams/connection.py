@@ -23,7 +23,7 @@ def embedded_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "redis"
 
 
-def connect(redis_url: str, data_dir: Path, *, start_embedded: bool = True) -> redis.Redis:
+def connect(redis_url: str, data_dir: Path) -> redis.Redis:
     """A checked client for `redis_url`, or for the embedded server under `data_dir` when it is empty."""
     if redis_url:
         client = redis.Redis.from_url(
@@ -36,11 +36,10 @@ def connect(redis_url: str, data_dir: Path, *, start_embedded: bool = True) -> r
         where = redis_url
     else:
         server = EmbeddedRedis(embedded_dir(data_dir))
-        if start_embedded:
-            try:
-                server.start()
-            except (EmbeddedRedisError, OSError) as err:
-                raise RedisUnavailableError(f"embedded Redis under {server.directory}: {err}") from err
+        try:
+            server.start()
+        except (EmbeddedRedisError, OSError) as err:
+            raise RedisUnavailableError(f"embedded Redis under {server.directory}: {err}") from err
         client = server.client(retry=_RETRY, retry_on_error=_RETRY_ON, health_check_interval=30)
         where = f"embedded Redis at {server.socket_path}"
     try:
