@@ -47,4 +47,6 @@ def _learner_loop(settings: Settings, client: redis.Redis) -> LearnerLoop:
         config=settings.loop_config(),
         lease_ttl_ms=settings.lease_ttl_ms,
         max_deliveries=settings.max_deliveries,
+        published=SnapshotStore(settings.published_dir, keep=2),
+        limits=settings.record_limits(),
     )

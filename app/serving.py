@@ -2,7 +2,8 @@
 
 A request takes one reference to the current `ServedModel` and uses it to the end, so it never sees half a
 model. New versions arrive by pub/sub on the model's versions channel, with a periodic check as fallback
-for a missed message; loading happens off the request path.
+for a missed message; loading happens off the request path. Versions come from two stores, full snapshots
+and weights published between them, which share one sequence: the newest of either is served.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import redis
 
 from learner.classifier import Prediction, TextClassifier
 from learner.encoder import Encoder, load_encoder
-from learner.snapshots import MODEL, SnapshotStore
+from learner.snapshots import MODEL, Snapshot, SnapshotStore
 from streams.keys import StreamKeys
 from streams.notify import subscribe_versions
 
@@ -36,9 +37,10 @@ class ServedModel:
 class ModelHolder:
     """Holds the newest published model; `current` is None until the learner has written a snapshot."""
 
-    def __init__(self, model: str, store: SnapshotStore) -> None:
+    def __init__(self, model: str, store: SnapshotStore, published: SnapshotStore | None = None) -> None:
         self.model = model
         self.store = store
+        self.published = published
         self.current: ServedModel | None = None
         self._loading = threading.Lock()
         self._base: Encoder | None = None
@@ -53,13 +55,9 @@ class ModelHolder:
     def refresh(self) -> bool:
         """Load the newest valid snapshot if it is newer than the one served; True if it swapped."""
         with self._loading:
-            latest = self.store.latest()
-            if latest is None or (self.current and latest.version <= self.current.version):
-                return False
-            snapshot, problems = self.store.load_latest_valid(only=[MODEL, "state"])
-            for problem in problems:
-                log.warning("snapshot skipped: %s", problem)
-            if snapshot is None or (self.current and snapshot.manifest.version <= self.current.version):
+            served = self.current.version if self.current else 0
+            snapshot = self._newest_valid(above=served)
+            if snapshot is None:
                 return False
             tokenizer, encoder = self._fresh_encoder()
             saved = snapshot.state["config"]
@@ -76,6 +74,19 @@ class ModelHolder:
             self.current = ServedModel(snapshot.manifest.version, snapshot.id, classifier)
             log.info("serving model version %d (%s)", self.current.version, self.current.snapshot_id)
             return True
+
+    def _newest_valid(self, above: int) -> Snapshot | None:
+        """The newest loadable weights of either store with a version above `above`."""
+        found = []
+        for store in (self.store, self.published):
+            if store is None or store.max_version() <= above:
+                continue
+            snapshot, problems = store.load_latest_valid(only=[MODEL, "state"])
+            for problem in problems:
+                log.warning("snapshot skipped: %s", problem)
+            if snapshot is not None and snapshot.manifest.version > above:
+                found.append(snapshot)
+        return max(found, key=lambda snapshot: snapshot.manifest.version, default=None)
 
     def follow(
         self, client: redis.Redis, keys: StreamKeys, stop: threading.Event, check_s: float = 5.0

@@ -15,9 +15,12 @@ from learner.loop import LoopConfig
 from learner.online import LearnerConfig
 from learner.strategies import Strategy
 from streams.keys import StreamKeys
+from streams.records import DEFAULT_LIMITS as _RECORD
+from streams.records import RecordLimits
 
 ENV_PREFIX = "RETENTIVE_"
 _LEARNER = LearnerConfig()
+_LOOP = LoopConfig()
 
 
 class ConfigError(ValueError):
@@ -136,6 +139,38 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="Port the API binds to.")
     api_threads: int = Field(1, gt=0, description="Torch threads of the API process (inference).")
     learner_threads: int = Field(1, gt=0, description="Torch threads of the learner process (training).")
+    publish_every_s: float = Field(
+        _LOOP.publish_every_s,
+        ge=0,
+        description="Publish the weights alone for serving at most this often between snapshots (0: only "
+        "snapshots are served).",
+    )
+    predict_max_batch: int = Field(
+        32, gt=0, le=4096, description="Most texts the API classifies in one forward pass (dynamic batching)."
+    )
+    predict_max_wait_ms: float = Field(
+        5.0, ge=0, le=1000, description="Longest wait for more predict requests to fill a batch."
+    )
+    backoff_queue: int = Field(
+        _LOOP.backoff_queue,
+        gt=0,
+        description="The learner pauses between steps while an API replica has more texts than this queued.",
+    )
+    backoff_latency_ms: float = Field(
+        _LOOP.backoff_latency_ms,
+        gt=0,
+        description="The learner also pauses while a replica's 95th percentile predict latency (ms) "
+        "is above this.",
+    )
+    max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body accepted (larger: 413).")
+    max_inputs: int = Field(256, gt=0, description="Most texts in one predict request.")
+    max_examples: int = Field(1000, gt=0, description="Most examples in one feedback request or probe set.")
+    max_text_chars: int = Field(
+        _RECORD.max_text_chars, gt=0, description="Longest text accepted, in characters (predict, feedback)."
+    )
+    max_label_chars: int = Field(
+        _RECORD.max_label_chars, gt=0, description="Longest label accepted, in characters."
+    )
 
     @field_validator("api_keys")
     @classmethod
@@ -163,7 +198,13 @@ class Settings(BaseSettings):
             snapshot_every_s=self.snapshot_every_s,
             retention=self.stream_retention,
             ledger=self.ledger,
+            publish_every_s=self.publish_every_s,
+            backoff_queue=self.backoff_queue,
+            backoff_latency_ms=self.backoff_latency_ms,
         )
+
+    def record_limits(self) -> RecordLimits:
+        return RecordLimits(max_text_chars=self.max_text_chars, max_label_chars=self.max_label_chars)
 
     def stream_keys(self) -> StreamKeys:
         return StreamKeys(self.key_prefix, self.model_name)
@@ -171,6 +212,11 @@ class Settings(BaseSettings):
     @property
     def snapshot_dir(self) -> Path:
         return self.data_dir / "snapshots" / self.model_name
+
+    @property
+    def published_dir(self) -> Path:
+        """Weights published for serving between snapshots (not used to recover)."""
+        return self.data_dir / "published" / self.model_name
 
     def learner_config(self) -> LearnerConfig:
         return LearnerConfig(

@@ -5,6 +5,11 @@ stream ID (the cursor); entries are acknowledged only after a snapshot holding t
 On start the learner takes the lease, loads the newest valid snapshot, reclaims every pending entry,
 drops those at or below the cursor, and applies the rest in ID order. A learner that lost its lease
 stops before writing a snapshot.
+
+Between snapshots the weights alone are published for serving every `publish_every_s`, so feedback
+reaches predictions within seconds. Before each micro-batch the learner follows what operators asked
+(pause, rollback, registered probes; see `streams.control`) and backs off while an API replica reports
+prediction pressure above the bounds, since both share the CPU.
 """
 
 from __future__ import annotations
@@ -21,12 +26,17 @@ from typing import Any
 import redis
 
 from learner.classifier import LabelLimitError
+from learner.forgetting import Alarm
 from learner.online import Example, OnlineLearner
-from learner.snapshots import Manifest, SnapshotStore
+from learner.probes import REGISTERED
+from learner.snapshots import Manifest, SnapshotError, SnapshotStore
 from streams.consumer import Entry, FeedbackConsumer, stream_id_key
+from streams.control import Control, RollbackRequest
+from streams.heartbeats import alive, keep_beating
 from streams.keys import StreamKeys
 from streams.lease import Lease
 from streams.notify import publish_version, record_evaluation, set_counters
+from streams.records import RecordLimits
 
 log = logging.getLogger("retentive.learner")
 
@@ -42,6 +52,10 @@ class LoopConfig:
     snapshot_every_s: float = 30.0
     retention: int = 1000
     ledger: bool = False
+    publish_every_s: float = 5.0
+    backoff_queue: int = 64
+    backoff_latency_ms: float = 500.0
+    backoff_s: float = 0.5
 
 
 @dataclass
@@ -51,6 +65,8 @@ class StreamCounters:
     read: int = 0
     applied: int = 0
     held_out: int = 0
+    backoffs: int = 0
+    rollbacks: int = 0
 
 
 @dataclass
@@ -75,17 +91,36 @@ class LearnerLoop:
         config: LoopConfig | None = None,
         lease_ttl_ms: int = 10_000,
         max_deliveries: int = 10,
+        published: SnapshotStore | None = None,
+        limits: RecordLimits | None = None,
     ) -> None:
         self.learner = learner
         self.store = store
+        self.published = published
         self.client = client
         self.keys = keys
+        self.name = consumer_name
         self.config = config or LoopConfig()
-        self.consumer = FeedbackConsumer(client, keys, consumer_name, max_deliveries=max_deliveries)
+        self.consumer = FeedbackConsumer(
+            client, keys, consumer_name, max_deliveries=max_deliveries, limits=limits
+        )
         self.lease = Lease(client, keys.lease, consumer_name, ttl_ms=lease_ttl_ms)
+        self.control = Control(client, keys)
         self.state = LoopState()
+        self.leading = False
         self._unsnapshotted = 0
         self._last_snapshot_at = time.monotonic()
+        self._published_updates = 0
+        self._last_published_at = time.monotonic()
+        self._probes_revision: int | None = None
+        self._rate_mark = (time.monotonic(), 0, 0)
+
+    @property
+    def status(self) -> str:
+        """standby (waiting for the lease), running or paused."""
+        if not self.leading:
+            return "standby"
+        return "paused" if self.learner.paused else "running"
 
     def run(self, stop: threading.Event) -> bool:
         """Wait for the lease, recover, then learn until `stop` is set or the lease is lost.
@@ -94,19 +129,39 @@ class LearnerLoop:
         caller starts a fresh one, which rejoins as a standby and recovers from the newest snapshot.
         """
         log.info(json.dumps({"event": "standby", "lease": self.keys.lease}))
-        if not self.lease.wait_for(stop):
-            return False
         done = threading.Event()
+        beating = keep_beating(
+            self.client,
+            self.keys.learners,
+            self.name,
+            lambda: {"state": self.status},
+            done,
+            every_s=self.lease.ttl_ms / 3000,
+        )
+        if not self.lease.wait_for(stop):
+            done.set()
+            beating.join(timeout=5)
+            return False
         keeper = self.lease.keep_alive(done)
         try:
             self._recover()
+            self.leading = True
             while not stop.is_set() and not self.lease.lost.is_set():
+                self._follow_control()
                 if self.learner.paused:
                     stop.wait(self.config.batch_wait_s)
                     continue
+                if self._serving_under_pressure():
+                    self.state.counters.backoffs += 1
+                    stop.wait(self.config.backoff_s)
+                    continue
                 self._apply(self.consumer.read(self.config.batch_size, self.config.batch_wait_s))
+                if self.learner.paused:
+                    self.control.pause("forgetting alarm: learning paused by the alarm policy")
                 if self._snapshot_due():
                     self.snapshot()
+                elif self._publish_due():
+                    self.publish_weights()
             if self._unsnapshotted and not self.lease.lost.is_set():
                 self.snapshot()
         except LeaseLostError:
@@ -116,8 +171,10 @@ class LearnerLoop:
             log.warning(json.dumps({"event": "redis_unreachable", "error": str(err)}))
             self.lease.lost.set()
         finally:
+            self.leading = False
             done.set()
             keeper.join(timeout=5)
+            beating.join(timeout=5)
         if self.lease.lost.is_set():
             log.warning(
                 json.dumps({"event": "lease_lost", "action": "stopped without writing; back to standby"})
@@ -174,7 +231,7 @@ class LearnerLoop:
                     [entry.stream_id, entry.record.id or "", "held_out" if held else "trained"]
                 )
         if report.evaluated:
-            self._publish_evaluation(report)
+            self._publish_evaluation(report.alarms, report.rolled_back_to)
 
     def _after_cursor(self, stream_id: str) -> bool:
         return self.state.cursor is None or stream_id_key(stream_id) > stream_id_key(self.state.cursor)
@@ -211,7 +268,10 @@ class LearnerLoop:
         _crash_point("before_snapshot")
         began = time.monotonic()
         manifest = self.learner.save(
-            self.store, info={"cursor": self.state.cursor}, extra=self._extra_state()
+            self.store,
+            info={"cursor": self.state.cursor},
+            extra=self._extra_state(),
+            version=self._next_version(),
         )
         _crash_point("after_snapshot")
         acked = self.consumer.ack_through(self.state.cursor) if self.state.cursor else 0
@@ -240,7 +300,104 @@ class LearnerLoop:
         )
         self._unsnapshotted = 0
         self._last_snapshot_at = time.monotonic()
+        self._mark_published()
         return manifest
+
+    def publish_weights(self) -> Manifest | None:
+        """Publish the current weights for serving (not for recovery); None without a store for them."""
+        if self.published is None:
+            return None
+        manifest = self.learner.publish(self.published, self._next_version())
+        publish_version(self.client, self.keys, manifest.version, manifest.id, kind="weights")
+        self._publish_counters()
+        self._mark_published()
+        return manifest
+
+    def _mark_published(self) -> None:
+        self._published_updates = self.learner.counters.updates
+        self._last_published_at = time.monotonic()
+
+    def _publish_due(self) -> bool:
+        if self.published is None or self.config.publish_every_s <= 0:
+            return False
+        changed = self.learner.counters.updates != self._published_updates
+        return changed and time.monotonic() - self._last_published_at >= self.config.publish_every_s
+
+    def _next_version(self) -> int:
+        """One sequence of versions over snapshots and weight publications, so replicas always move on."""
+        published = self.published.max_version() if self.published else 0
+        return max(self.store.max_version(), published, self.learner.counters.model_version) + 1
+
+    def _follow_control(self) -> None:
+        wanted = self.control.state()
+        if wanted.rollback is not None:
+            self._roll_back(wanted.rollback)
+        if wanted.probes_revision != self._probes_revision:
+            self._sync_probes(wanted.probes_revision)
+        self.learner.paused = wanted.paused is not None
+
+    def _serving_under_pressure(self) -> bool:
+        for replica in alive(self.client, self.keys.pressure).values():
+            if replica.get("queue", 0) > self.config.backoff_queue:
+                return True
+            if replica.get("p95_ms", 0) > self.config.backoff_latency_ms:
+                return True
+        return False
+
+    def _roll_back(self, request: RollbackRequest) -> None:
+        """Continue from an earlier snapshot; replay the entries applied since only when asked."""
+        try:
+            target = self.store.load(request.snapshot_id)
+        except SnapshotError as err:
+            log.warning(json.dumps({"event": "rollback_refused", "reason": str(err)}))
+            self.control.finish_rollback(request)
+            return
+        current = self.state.cursor
+        saved = self.learner.roll_back(target) or {}
+        self.state.ledger = saved.get("ledger", [])
+        self.state.cursor = saved.get("cursor")
+        replayed = 0
+        if request.replay and current is not None:
+            entries = self.consumer.history(self.state.cursor, current)
+            for start in range(0, len(entries), self.config.batch_size):
+                self._apply(entries[start : start + self.config.batch_size])
+            replayed = len(entries)
+        self.state.cursor = current
+        self.state.counters.rollbacks += 1
+        self._probes_revision = None
+        manifest = self.snapshot()
+        self.control.finish_rollback(request)
+        log.info(
+            json.dumps(
+                {
+                    "event": "rollback",
+                    "to": request.snapshot_id,
+                    "replayed": replayed,
+                    "version": manifest.version,
+                }
+            )
+        )
+
+    def _sync_probes(self, revision: int) -> None:
+        """Make the registered probes match what operators put; evaluate at once if anything changed."""
+        wanted = self.control.probes()
+        registered = {p.name: p for p in self.learner.probes.probes() if p.source == REGISTERED}
+        changed = False
+        for name in registered.keys() - wanted.keys():
+            self.learner.remove_probe(name)
+            changed = True
+        for name, examples in wanted.items():
+            current = registered.get(name)
+            if current is not None and [tuple(e) for e in current.examples] == examples:
+                continue
+            try:
+                self.learner.register_probe(name, examples)
+                changed = True
+            except ValueError as err:
+                log.warning(json.dumps({"event": "probe_refused", "probe": name, "reason": str(err)}))
+        self._probes_revision = revision
+        if changed and self.learner.model.labels:
+            self._publish_evaluation(self.learner.evaluate(), None)
 
     def _extra_state(self) -> dict[str, Any]:
         return {
@@ -249,7 +406,7 @@ class LearnerLoop:
             "ledger": self.state.ledger,
         }
 
-    def _publish_evaluation(self, report: Any) -> None:
+    def _publish_evaluation(self, alarms: list[Alarm], rolled_back_to: str | None) -> None:
         forgetting = self.learner.forgetting_report()
         record_evaluation(self.client, self.keys, forgetting)
         summary = forgetting["summary"]
@@ -261,23 +418,35 @@ class LearnerLoop:
                     "updates": self.learner.counters.updates,
                     "mean_accuracy": summary["mean_accuracy"],
                     "max_forgetting": summary["max_forgetting"],
-                    "alarms": [a.probe for a in report.alarms],
-                    "rolled_back_to": report.rolled_back_to,
+                    "alarms": [a.probe for a in alarms],
+                    "rolled_back_to": rolled_back_to,
                 }
             )
         )
 
     def _publish_counters(self) -> None:
-        counters = self.state.counters
+        counters, learned = self.state.counters, self.learner.counters
+        now = time.monotonic()
+        since, updates_then, trained_then = self._rate_mark
+        elapsed = max(now - since, 1e-9)
+        self._rate_mark = (now, learned.updates, learned.examples_trained)
+        gate = self.learner.gate
         set_counters(
             self.client,
             self.keys,
             {
+                "updates_per_s": round((learned.updates - updates_then) / elapsed, 3),
+                "examples_per_s": round((learned.examples_trained - trained_then) / elapsed, 3),
+                "keep_rate": round(gate.keep_rate(), 4) if gate is not None else 1.0,
                 "read": counters.read,
                 "applied": counters.applied,
                 "held_out": counters.held_out,
                 "updates": self.learner.counters.updates,
+                "examples_trained": self.learner.counters.examples_trained,
+                "examples_held_out": self.learner.counters.examples_held_out,
                 "skipped_steps": self.learner.counters.skipped_steps,
+                "backoffs": counters.backoffs,
+                "rollbacks": counters.rollbacks,
                 "pending": self.consumer.pending(),
             },
         )

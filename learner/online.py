@@ -167,9 +167,16 @@ class OnlineLearner:
             return None
         for manifest in self.store.list():
             if manifest.info.get("alarms") == 0:
-                self.restore(self.store.load(manifest.id))
+                self.roll_back(self.store.load(manifest.id))
                 return manifest.id
         return None
+
+    def roll_back(self, snapshot: Snapshot) -> dict[str, Any] | None:
+        """Continue from an earlier snapshot; the version counter never goes back, so the next save is new."""
+        version = self.counters.model_version
+        extra = self.restore(snapshot)
+        self.counters.model_version = max(version, self.counters.model_version)
+        return extra
 
     def register_probe(self, name: str, examples: list[tuple[str, str]]) -> None:
         """Add or replace a user probe set; a replaced probe's history starts again."""
@@ -262,16 +269,18 @@ class OnlineLearner:
         store: SnapshotStore | None = None,
         info: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
+        version: int | None = None,
     ) -> Manifest:
         """Write a snapshot that holds everything needed to continue exactly.
 
         `info` goes to the manifest (small, listed without loading); `extra` is the caller's own state,
-        returned by `restore`.
+        returned by `restore`. `version` is the store's next one unless given.
         """
         store = store or self.store
         if store is None:
             raise ValueError("no snapshot store: pass one here or to the learner")
-        self.counters.model_version += 1
+        previous = self.counters.model_version
+        self.counters.model_version = version or store.max_version() + 1
         tensors, state = self.state()
         state["extra"] = extra
         details = {
@@ -282,10 +291,29 @@ class OnlineLearner:
         }
         latest = store.latest()
         try:
-            return store.save(tensors, state, info=details, parent=latest.id if latest else None)
+            return store.save(
+                tensors,
+                state,
+                info=details,
+                parent=latest.id if latest else None,
+                version=self.counters.model_version,
+            )
         except Exception:
-            self.counters.model_version -= 1
+            self.counters.model_version = previous
             raise
+
+    def publish(self, store: SnapshotStore, version: int) -> Manifest:
+        """Write the weights alone, as a new `version` for serving; nothing to continue training from."""
+        state = {
+            "config": {**asdict(self.config), "alarm_policy": str(self.config.alarm_policy)},
+            "labels": self.model.labels,
+            "counters": asdict(self.counters),
+        }
+        manifest = store.save(
+            {MODEL: self.model.state_dict()}, state, info={"updates": self.counters.updates}, version=version
+        )
+        self.counters.model_version = version
+        return manifest
 
     def state(self) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
         optimizer_tensors, optimizer_state = _split_optimizer_state(self.optimizer.state_dict())

@@ -201,8 +201,12 @@ class SnapshotStore:
         state: Mapping[str, Any],
         info: Mapping[str, Any] | None = None,
         parent: str | None = None,
+        version: int | None = None,
     ) -> Manifest:
         """Write a new snapshot atomically, prune old ones and return its manifest.
+
+        Its version is one more than the newest here, or `version` when given (it must be higher), so
+        that two stores written by one learner can share one sequence of versions.
 
         Tensor groups are named like identifiers ("model", "trainer"); "state" and "manifest" are
         reserved. ``state`` and ``info`` must be JSON-serialisable (tuples come back as lists, dict keys
@@ -220,7 +224,7 @@ class SnapshotStore:
         try:
             with self._locked():
                 self._remove_stale()
-                manifest = self._write(payload, files, info_json, parent)
+                manifest = self._write(payload, files, info_json, parent, version)
                 try:
                     self._prune(self.best_key, protect=manifest.id)
                 except OSError as exc:
@@ -363,8 +367,13 @@ class SnapshotStore:
         files: dict[str, dict[str, Any]],
         info: dict[str, Any],
         parent: str | None,
+        version: int | None,
     ) -> Manifest:
-        version = self._max_version() + 1
+        newest = self.max_version()
+        if version is None:
+            version = newest + 1
+        elif version <= newest:
+            raise ValueError(f"version {version} is not above the newest snapshot's ({newest})")
         created_at = datetime.now(UTC).isoformat()
         digest = hashlib.sha256(json.dumps([version, created_at, files], sort_keys=True).encode()).hexdigest()
         snapshot_id = f"{version:08d}-{digest[:12]}"
@@ -401,7 +410,8 @@ class SnapshotStore:
             return []
         return sorted(entries, key=lambda n: (int(n.split("-")[0]), n), reverse=True)
 
-    def _max_version(self) -> int:
+    def max_version(self) -> int:
+        """Version of the newest snapshot directory (complete or not), 0 when there is none."""
         ids = self._ids()
         return int(ids[0].split("-")[0]) if ids else 0
 

@@ -16,6 +16,7 @@ data never stops the learner.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -211,6 +212,23 @@ class FeedbackConsumer:
             if not _is_nogroup(err):
                 raise
             return 0
+
+    def history(self, after: str | None, through: str) -> list[Entry]:
+        """Entries still in the stream with `after` < ID <= `through`, in ID order, acknowledged or not.
+
+        For replaying what a rolled-back model had learned; trimmed entries are gone and unreadable ones
+        are skipped. Nothing is claimed or acknowledged.
+        """
+        entries: list[Entry] = []
+        start = f"({after}" if after else "-"
+        while True:
+            page = self.client.xrange(self.keys.feedback, min=start, max=through, count=_PAGE)
+            for raw_id, fields in page:
+                with contextlib.suppress(MalformedRecord):
+                    entries.append(Entry(_text(raw_id), FeedbackRecord.from_fields(fields, self.limits), 1))
+            if len(page) < _PAGE:
+                return entries
+            start = f"({_text(page[-1][0])}"
 
     def dead_letter(self, entry: Entry, reason: str) -> None:
         """Move an entry the caller cannot use to the dead-letter stream and acknowledge it."""

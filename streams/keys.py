@@ -58,6 +58,26 @@ class StreamKeys:
         """Count of accepted entries not yet acknowledged by the learner group."""
         return self._key("backlog")
 
+    @property
+    def control(self) -> str:
+        """Hash of what operators asked of the learner: pause, rollback, probes revision."""
+        return self._key("control")
+
+    @property
+    def probes(self) -> str:
+        """Hash of registered probe sets: name to JSON list of [text, label] pairs."""
+        return self._key("probes")
+
+    @property
+    def learners(self) -> str:
+        """Hash of learner heartbeats: process name to JSON state and expiry."""
+        return self._key("learners")
+
+    @property
+    def pressure(self) -> str:
+        """Hash of serving pressure reported by each API replica, read by the learner to back off."""
+        return self._key("pressure")
+
     def dedup(self, client_id: str) -> str:
         """Stream ID first added under a client idempotency key (hashed: the id is client text)."""
         return self._key(f"dedup:{hashlib.sha256(client_id.encode()).hexdigest()[:32]}")

@@ -225,8 +225,8 @@ def test_standby_takes_over_within_the_lease(harness: LearnerHarness) -> None:
     finally:
         stop_cleanly(standby)
     audit(harness, fed, 0)
-    # The lease is 2 s; the standby polls it every 0.5 s.
-    assert took_over_s < 2.0 + 1.5, took_over_s
+    # The lease is 2 s and the standby polls it every 0.5 s; the rest is slack for a busy 2-core machine.
+    assert took_over_s < 2.0 + 4.0, took_over_s
 
 
 def test_bad_entries_are_dead_lettered_and_learning_goes_on(harness: LearnerHarness) -> None:

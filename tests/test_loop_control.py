@@ -1,0 +1,229 @@
+"""The learner loop follows operators and serving: pause, rollback, probes, weight publishing, back-off."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+import torch
+
+from app.serving import ModelHolder
+from learner.encoder import Encoder
+from learner.loop import LearnerLoop, LoopConfig
+from learner.online import LearnerConfig, OnlineLearner
+from learner.snapshots import MODEL, Manifest, SnapshotStore
+from streams.control import Control, learner_state
+from streams.heartbeats import beat, leave
+from streams.keys import StreamKeys
+from streams.notify import recent_evaluations
+from streams.producer import FeedbackProducer
+from streams.records import FeedbackRecord
+
+LABELS = ["sports", "business", "weather"]
+
+
+@dataclass
+class RunningLoop:
+    loop: LearnerLoop
+    keys: StreamKeys
+    client: redis.Redis
+    control: Control
+    fed: int = 0
+
+    @property
+    def learner(self) -> OnlineLearner:
+        return self.loop.learner
+
+    def feed(self, count: int) -> None:
+        records = [
+            FeedbackRecord(
+                text=f"{LABELS[i % 3]} story number {i} about {LABELS[i % 3]}",
+                label=LABELS[i % 3],
+                id=f"e{i}",
+            )
+            for i in range(self.fed, self.fed + count)
+        ]
+        FeedbackProducer(self.client, self.keys).add(records)
+        self.fed += count
+
+    def applied(self) -> int:
+        counters = self.loop.state.counters
+        return counters.applied + counters.held_out
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextlib.contextmanager
+def start_loop(
+    encoder: Encoder, client: redis.Redis, keys: StreamKeys, root: Path, **config: float
+) -> Iterator[RunningLoop]:
+    tokenizer, model = encoder
+    store = SnapshotStore(root / "snapshots", keep=50)
+    learner = OnlineLearner(
+        tokenizer, copy.deepcopy(model), LearnerConfig(lr=1e-3, eval_every=2, probe_fraction=0.0), store=store
+    )
+    loop = LearnerLoop(
+        learner,
+        store,
+        client,
+        keys,
+        consumer_name="learner-under-test",
+        config=LoopConfig(
+            batch_size=8,
+            batch_wait_s=0.05,
+            **{"snapshot_every": 1000, "snapshot_every_s": 60.0, "publish_every_s": 0.0, **config},
+        ),
+        lease_ttl_ms=1500,
+        published=SnapshotStore(root / "published", keep=2),
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield RunningLoop(loop, keys, client, Control(client, keys))
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+@pytest.fixture
+def running(
+    tiny_encoder: Encoder, redis_client: redis.Redis, key_prefix: str, tmp_path: Path
+) -> Iterator[RunningLoop]:
+    with start_loop(tiny_encoder, redis_client, StreamKeys(key_prefix, "m"), tmp_path) as running:
+        yield running
+
+
+def test_a_paused_learner_leaves_feedback_in_the_stream_until_resumed(running: RunningLoop) -> None:
+    running.control.pause("paused by an operator")
+    eventually(lambda: running.loop.status == "paused", "the learner to pause")
+    running.feed(24)
+    time.sleep(1.0)
+    assert running.applied() == 0
+    eventually(lambda: learner_state(running.client, running.keys) == "paused", "the heartbeat to say paused")
+    running.control.resume()
+    eventually(lambda: running.applied() == 24, "the held feedback to be applied")
+    assert running.learner.counters.updates > 0
+    eventually(
+        lambda: learner_state(running.client, running.keys) == "running", "the heartbeat to say running"
+    )
+
+
+def snapshot_after(running: RunningLoop, count: int) -> Manifest:
+    running.feed(count)
+    eventually(lambda: running.applied() == running.fed, f"{running.fed} entries applied")
+    return running.loop.snapshot()
+
+
+def model_tensors(store: SnapshotStore, manifest: Manifest) -> dict[str, torch.Tensor]:
+    return store.load(manifest.id, only=[MODEL]).tensors[MODEL]
+
+
+def wait_for_rollback(running: RunningLoop, before: int) -> Manifest:
+    eventually(lambda: running.loop.state.counters.rollbacks == before + 1, "the rollback")
+    eventually(lambda: running.control.state().rollback is None, "the request to be marked done")
+    latest = running.loop.store.latest()
+    assert latest is not None
+    return latest
+
+
+def test_rollback_serves_the_old_weights_as_a_new_version_and_drops_later_feedback(
+    running: RunningLoop,
+) -> None:
+    store = running.loop.store
+    target = snapshot_after(running, 16)
+    updates_then = running.learner.counters.updates
+    later = snapshot_after(running, 32)
+    cursor = running.loop.state.cursor
+    assert running.learner.counters.updates > updates_then
+
+    running.control.request_rollback(target.id, replay=False)
+    rolled = wait_for_rollback(running, 0)
+
+    assert rolled.version > later.version
+    restored, old = model_tensors(store, rolled), model_tensors(store, target)
+    assert restored.keys() == old.keys()
+    assert all(torch.equal(restored[name], old[name]) for name in old)
+    assert running.learner.counters.updates == updates_then
+    assert running.loop.state.cursor == cursor
+    running.feed(8)
+    eventually(lambda: running.learner.counters.updates == updates_then + 1, "learning to go on from there")
+
+
+def test_rollback_with_replay_learns_the_later_feedback_again(running: RunningLoop) -> None:
+    target = snapshot_after(running, 16)
+    updates_then = running.learner.counters.updates
+    snapshot_after(running, 32)
+
+    running.control.request_rollback(target.id, replay=True)
+    wait_for_rollback(running, 0)
+
+    assert running.learner.counters.updates == updates_then + 32 // 8
+    assert running.loop.state.cursor is not None
+
+
+def test_a_rollback_to_a_missing_snapshot_is_dropped_and_learning_goes_on(running: RunningLoop) -> None:
+    snapshot_after(running, 8)
+    running.control.request_rollback("00000099-aaaaaaaaaaaa", replay=False)
+    eventually(lambda: running.control.state().rollback is None, "the request to be dropped")
+    assert running.loop.state.counters.rollbacks == 0
+    snapshot_after(running, 8)
+    assert running.applied() == 16
+
+
+def test_a_registered_probe_is_evaluated_at_once_and_dropped_when_deleted(running: RunningLoop) -> None:
+    snapshot_after(running, 16)
+    running.control.put_probe("golden", [("sports story about sports", "sports"), ("weather now", "weather")])
+
+    def evaluated_probes() -> set[str]:
+        latest = recent_evaluations(running.client, running.keys, 1)
+        return {p["name"] for p in latest[0]["probes"]} if latest else set()
+
+    eventually(lambda: "golden" in evaluated_probes(), "the new probe in an evaluation")
+    latest = recent_evaluations(running.client, running.keys, 1)[0]
+    golden = next(p for p in latest["probes"] if p["name"] == "golden")
+    assert golden["source"] == "registered" and golden["size"] == 2
+    running.control.delete_probe("golden")
+    eventually(lambda: "golden" not in evaluated_probes(), "the probe to be gone")
+
+
+def test_weights_are_published_between_snapshots_and_served(
+    tiny_encoder: Encoder, tiny_model_dir: Path, redis_client: redis.Redis, key_prefix: str, tmp_path: Path
+) -> None:
+    keys = StreamKeys(key_prefix, "m")
+    published = SnapshotStore(tmp_path / "published")
+    with start_loop(tiny_encoder, redis_client, keys, tmp_path, publish_every_s=0.2) as running:
+        running.feed(16)
+        eventually(lambda: published.max_version() > 0, "a weights publication")
+        assert running.loop.store.latest() is None
+        holder = ModelHolder(str(tiny_model_dir), SnapshotStore(tmp_path / "snapshots"), published)
+        assert holder.refresh()
+        assert holder.current is not None and holder.current.version == published.max_version()
+        assert holder.current.classifier.labels == running.learner.model.labels
+        snapshot = running.loop.snapshot()
+        assert snapshot.version > holder.current.version
+        assert holder.refresh() and holder.current.version == snapshot.version
+
+
+def test_the_learner_backs_off_while_a_replica_reports_pressure(running: RunningLoop) -> None:
+    beat(running.client, running.keys.pressure, "replica-1", {"queue": 10_000, "p95_ms": 0.0}, ttl_s=60)
+    eventually(lambda: running.loop.state.counters.backoffs >= 1, "the learner to back off")
+    running.feed(16)
+    eventually(lambda: running.loop.state.counters.backoffs >= 3, "the learner to keep backing off")
+    assert running.applied() == 0
+    leave(running.client, running.keys.pressure, "replica-1")
+    eventually(lambda: running.applied() == 16, "learning to resume once the pressure is gone")
