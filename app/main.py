@@ -1,7 +1,8 @@
 """FastAPI application factory: predictions from the published weights, feedback into the stream, metrics out.
 
 The API never trains. It serves the newest snapshot the learner published and swaps to a newer one as soon as
-it is announced; feedback is written whole to the Redis stream or refused whole.
+it is announced; feedback is written whole to the Redis stream or refused whole. Concurrent predict requests
+are batched into shared forward passes, and the replica reports its load so the learner can back off.
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.admin import router as admin_router
 from app.auth import Scope, parse_api_keys, require
+from app.batching import PredictBatcher
 from app.errors import ApiError, error_response
+from app.limits import BodySizeLimit, Limits
 from app.metrics import ApiMetrics
+from app.pressure import LatencyWindow, report_pressure
 from app.schemas import (
     ErrorBody,
     FeedbackRequest,
@@ -36,15 +41,17 @@ from app.schemas import (
     PredictResponse,
     SnapshotInfo,
 )
-from app.serving import ModelHolder
+from app.serving import ModelHolder, ServedModel
 from app.settings import Settings
+from learner.classifier import Prediction
 from learner.snapshots import SnapshotStore
 from streams.connection import connect
+from streams.control import Control, learner_state
 from streams.notify import read_counters, recent_evaluations
 from streams.producer import BacklogFull, FeedbackProducer
 from streams.records import FeedbackRecord, MalformedRecord
 
-ERRORS = {status: {"model": ErrorBody} for status in (401, 403, 409, 422, 503)}
+ERRORS = {status: {"model": ErrorBody} for status in (401, 403, 409, 413, 422, 503)}
 EMPTY_FORGETTING = {
     "model_version": None,
     "updates": None,
@@ -58,25 +65,56 @@ EMPTY_FORGETTING = {
 def create_app(settings: Settings) -> FastAPI:
     """The API for one model, sharing Redis and the snapshot directory with its learner."""
     keys = settings.stream_keys()
-    holder = ModelHolder(settings.model, SnapshotStore(settings.snapshot_dir))
+    holder = ModelHolder(
+        settings.model, SnapshotStore(settings.snapshot_dir), SnapshotStore(settings.published_dir, keep=2)
+    )
+    limits = Limits(settings.max_inputs, settings.max_examples, settings.max_text_chars)
+    metrics = ApiMetrics()
+    latencies = LatencyWindow()
+
+    def classify(texts: list[str], top_k: int) -> tuple[ServedModel, list[Prediction]]:
+        # The model is read once per batch, so every text of a batch is answered by the same version.
+        served = holder.current
+        if served is None or not served.classifier.labels:
+            raise ApiError(409, "no_labels_yet", "no label has been learned yet: post feedback first")
+        return served, served.predict(texts, top_k)
+
+    batcher: PredictBatcher[ServedModel, Prediction] = PredictBatcher(
+        classify,
+        max_batch=settings.predict_max_batch,
+        max_wait_s=settings.predict_max_wait_ms / 1000,
+        on_batch=lambda size, _: metrics.batch_size.observe(size),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.api_threads)
         app.state.redis = await asyncio.to_thread(connect, settings.redis_url, settings.data_dir)
-        app.state.producer = FeedbackProducer(app.state.redis, keys, max_backlog=settings.max_backlog)
+        app.state.producer = FeedbackProducer(
+            app.state.redis, keys, max_backlog=settings.max_backlog, limits=settings.record_limits()
+        )
+        app.state.control = Control(app.state.redis, keys)
         await asyncio.to_thread(holder.refresh)
         stop = threading.Event()
         follower = threading.Thread(target=holder.follow, args=(app.state.redis, keys, stop), daemon=True)
         follower.start()
+        reporter = asyncio.create_task(
+            report_pressure(app.state.redis, keys, latencies, lambda: batcher.queue_depth)
+        )
         yield
+        reporter.cancel()
+        await batcher.close()
         stop.set()
         app.state.redis.close()
 
     app = FastAPI(title="retentive", version=version("retentive"), lifespan=lifespan)
     app.state.api_keys = parse_api_keys(settings.api_keys.get_secret_value())
-    metrics = ApiMetrics()
+    app.state.settings = settings
+    app.state.keys = keys
+    app.state.holder = holder
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     _install_error_handlers(app)
+    app.include_router(admin_router)
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -110,10 +148,10 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Classify texts with the newest published weights",
     )
     async def predict(body: PredictRequest) -> PredictResponse:
-        served = holder.current
-        if served is None or not served.classifier.labels:
-            raise ApiError(409, "no_labels_yet", "no label has been learned yet: post feedback first")
-        predictions = await run_in_threadpool(served.predict, body.inputs, body.top_k)
+        limits.check_inputs(body.inputs)
+        began = time.perf_counter()
+        served, predictions = await batcher.submit(body.inputs, body.top_k)
+        latencies.record(time.perf_counter() - began)
         metrics.predictions.inc(len(predictions))
         return PredictResponse(
             model_version=served.version,
@@ -122,7 +160,7 @@ def create_app(settings: Settings) -> FastAPI:
                 {
                     "label": p.label,
                     "score": p.score,
-                    "top": [{"label": s.label, "score": s.score} for s in p.top],
+                    "top": [{"label": s.label, "score": s.score} for s in p.top[: body.top_k]],
                     "prediction_id": uuid.uuid4().hex,
                 }
                 for p in predictions
@@ -138,6 +176,7 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Add labelled examples to the learning stream, all or nothing",
     )
     async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
+        limits.check_examples(len(body.examples))
         records = [FeedbackRecord(**example.model_dump()) for example in body.examples]
         result = await run_in_threadpool(request.app.state.producer.add, records)
         metrics.feedback.labels("accepted").inc(result.accepted)
@@ -167,7 +206,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def model(request: Request) -> ModelResponse:
         client = request.app.state.redis
         counters = await run_in_threadpool(read_counters, client, keys)
-        learner_up = await run_in_threadpool(client.exists, keys.lease)
+        state = await run_in_threadpool(learner_state, client, keys)
+        wanted = await run_in_threadpool(request.app.state.control.state)
+        newest = await run_in_threadpool(holder.store.latest)
         served = holder.current
         return ModelResponse(
             model_version=served.version if served else None,
@@ -177,7 +218,9 @@ def create_app(settings: Settings) -> FastAPI:
             labels=served.classifier.labels if served else [],
             counters={name: int(value) for name, value in counters.items() if value.isdigit()},
             stream_lag=await run_in_threadpool(request.app.state.producer.backlog),
-            learner="running" if learner_up else "absent",
+            learner=state,
+            paused_reason=wanted.paused,
+            last_snapshot_at=newest.created_at if newest else None,
         )
 
     @app.get(
@@ -211,7 +254,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             metrics.stream_lag.set(await run_in_threadpool(request.app.state.producer.backlog))
             counters = await run_in_threadpool(read_counters, client, keys)
-            metrics.updates.set(int(counters.get("updates", 0)))
+            metrics.observe_counters(counters)
             latest = await run_in_threadpool(recent_evaluations, client, keys, 1)
             metrics.observe_evaluation(latest[0] if latest else {})
         except redis.RedisError:

@@ -24,6 +24,25 @@ class ApiMetrics:
             registry=self.registry,
         )
         self.updates = Gauge("retentive_learner_updates", "Learner updates so far", registry=self.registry)
+        self.updates_per_s = Gauge(
+            "retentive_learner_updates_per_second",
+            "Learner updates per second lately",
+            registry=self.registry,
+        )
+        self.examples_per_s = Gauge(
+            "retentive_learner_examples_per_second",
+            "Examples trained per second lately",
+            registry=self.registry,
+        )
+        self.keep_rate = Gauge(
+            "retentive_migu_keep_rate", "Share of gated rows updated by the last step", registry=self.registry
+        )
+        self.batch_size = Histogram(
+            "retentive_predict_batch_texts",
+            "Texts per batched forward pass",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
         self.probe_accuracy = Gauge(
             "retentive_probe_accuracy",
             "Accuracy per probe at the latest evaluation",
@@ -36,6 +55,17 @@ class ApiMetrics:
             ["probe"],
             registry=self.registry,
         )
+
+    def observe_counters(self, counters: dict[str, str]) -> None:
+        """The learner's counters as published in Redis."""
+        for gauge, name in (
+            (self.updates, "updates"),
+            (self.updates_per_s, "updates_per_s"),
+            (self.examples_per_s, "examples_per_s"),
+            (self.keep_rate, "keep_rate"),
+        ):
+            if name in counters:
+                gauge.set(float(counters[name]))
 
     def observe_evaluation(self, evaluation: dict[str, Any]) -> None:
         self.probe_accuracy.clear()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+LearnerState = Literal["running", "paused", "standby", "absent"]
 
 
 class Strict(BaseModel):
@@ -12,7 +14,11 @@ class Strict(BaseModel):
 
 
 class PredictRequest(Strict):
-    inputs: list[str] = Field(min_length=1, max_length=256, description="Texts to classify.")
+    inputs: list[str] = Field(
+        min_length=1,
+        description="Texts to classify: at most RETENTIVE_MAX_INPUTS (default 256), each at most "
+        "RETENTIVE_MAX_TEXT_CHARS characters (default 10000).",
+    )
     top_k: int = Field(1, ge=1, le=100, description="How many ranked labels to return per text.")
 
 
@@ -43,7 +49,9 @@ class FeedbackExample(Strict):
 
 
 class FeedbackRequest(Strict):
-    examples: list[FeedbackExample] = Field(min_length=1, max_length=1000, description="Labelled examples.")
+    examples: list[FeedbackExample] = Field(
+        min_length=1, description="Labelled examples: at most RETENTIVE_MAX_EXAMPLES (default 1000)."
+    )
 
 
 class FeedbackResponse(Strict):
@@ -96,7 +104,55 @@ class ModelResponse(Strict):
     labels: list[str] = Field(description="Labels the served model knows.")
     counters: dict[str, int] = Field(description="Stream and learner counters.")
     stream_lag: int = Field(description="Accepted entries not yet acknowledged by the learner.")
-    learner: str = Field(description="running (a learner holds the lease) or absent.")
+    learner: LearnerState = Field(
+        description="running or paused (a learner holds the lease), standby (learners are waiting to take "
+        "it over), or absent."
+    )
+    paused_reason: str | None = Field(description="Why learning is paused; null when it is not.")
+    last_snapshot_at: str | None = Field(description="When the newest full snapshot was written (ISO 8601).")
+
+
+class LearnerStatus(Strict):
+    learner: LearnerState = Field(description="running, paused, standby or absent; see GET /v1/model.")
+    paused_reason: str | None = Field(description="Why learning is paused; null when it is not.")
+
+
+class RollbackOptions(Strict):
+    replay: bool = Field(
+        False,
+        description="Also re-apply the feedback the learner applied after that snapshot (as far as the "
+        "stream still holds it). Default: that feedback is dropped from the model.",
+    )
+
+
+class RollbackAccepted(Strict):
+    snapshot_id: str = Field(description="The snapshot the learner will continue from.")
+    replay: bool = Field(description="Whether later feedback is re-applied.")
+    requested_at: float = Field(description="Unix time of the request.")
+    learner: LearnerState = Field(
+        description="The learner's state now; the rollback happens when an active learner reads it, and "
+        "every replica then serves a new version holding that snapshot's weights."
+    )
+
+
+class ProbeExample(Strict):
+    text: str = Field(min_length=1, description="A text.")
+    label: str = Field(min_length=1, description="Its correct label.")
+
+
+class ProbeSetRequest(Strict):
+    examples: list[ProbeExample] = Field(
+        min_length=1, description="The probe set: at most 200 labelled examples, kept out of training."
+    )
+
+
+class ProbeInfo(Strict):
+    name: str = Field(description="Probe set name.")
+    source: str = Field(description="registered (by an operator) or held_out (from the stream).")
+    size: int = Field(description="Examples in the probe set.")
+    accuracy: float | None = Field(description="Accuracy at the latest evaluation; null before one.")
+    best_accuracy: float | None = Field(description="Best accuracy so far.")
+    forgetting: float | None = Field(description="best_accuracy minus accuracy.")
 
 
 class SnapshotInfo(Strict):

@@ -158,14 +158,49 @@ def test_feedback_for_new_labels_is_learned_and_served(service: str) -> None:
     assert 0.0 <= forgetting["summary"]["mean_accuracy"] <= 1.0
 
 
+def test_operators_register_probes_and_pause_learning(service: str) -> None:
+    golden = {"examples": [{"text": text, "label": label} for label, text in LABELS.items()]}
+    created = call(service, "PUT", "/v1/probes/golden", json=golden)
+    assert created.status_code == 201, created.text
+    assert call(service, "PUT", "/v1/probes/golden", json=golden).status_code == 200
+
+    def golden_probe() -> dict:
+        return next(p for p in call(service, "GET", "/v1/probes").json() if p["name"] == "golden")
+
+    eventually(lambda: golden_probe()["accuracy"] is not None, 60, "the probe's first evaluation")
+    assert golden_probe()["size"] == 3 and golden_probe()["source"] == "registered"
+
+    paused = call(service, "POST", "/v1/learner/pause")
+    assert paused.status_code == 200 and paused.json()["paused_reason"] == "paused by an operator"
+    eventually(
+        lambda: call(service, "GET", "/v1/model").json()["learner"] == "paused", 30, "the learner paused"
+    )
+    extra = [{"text": f"{LABELS['cooking']} once more {i}", "label": "cooking"} for i in range(4)]
+    assert call(service, "POST", "/v1/feedback", json={"examples": extra}).status_code == 202
+    time.sleep(1.5)
+    assert call(service, "GET", "/v1/model").json()["stream_lag"] == 4
+
+    resumed = call(service, "POST", "/v1/learner/resume")
+    assert resumed.status_code == 200 and resumed.json()["paused_reason"] is None
+    eventually(lambda: call(service, "GET", "/v1/model").json()["stream_lag"] == 0, 60, "the held feedback")
+    model = call(service, "GET", "/v1/model").json()
+    assert model["learner"] == "running" and model["last_snapshot_at"] is not None
+
+    assert call(service, "DELETE", "/v1/probes/golden").status_code == 204
+    assert call(service, "DELETE", "/v1/probes/golden").json()["error"]["code"] == "probe_not_found"
+    assert all(p["name"] != "golden" for p in call(service, "GET", "/v1/probes").json())
+
+
 def test_metrics_and_snapshots_report_what_happened(service: str) -> None:
     call(service, "POST", "/v1/predict", json={"inputs": ["a bright comet"]})
     metrics = call(service, "GET", "/metrics").text
     assert "retentive_predictions_total" in metrics and "retentive_probe_accuracy{probe=" in metrics
     version = call(service, "GET", "/v1/model").json()["model_version"]
     assert f"retentive_model_version {float(version)}" in metrics
+    assert "retentive_migu_keep_rate" in metrics and "retentive_predict_batch_texts_count" in metrics
     snapshots = call(service, "GET", "/v1/snapshots").json()
-    assert snapshots[0]["version"] >= version and all(s["id"] for s in snapshots)
+    versions = [s["version"] for s in snapshots]
+    assert versions == sorted(versions, reverse=True) and versions[-1] <= version
 
 
 def test_killed_learner_child_leaves_predictions_up_and_is_restarted(service: str) -> None:

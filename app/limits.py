@@ -1,0 +1,98 @@
+"""Request limits from the settings: body size (413), and counts and lengths (422 naming the field).
+
+Counts and lengths are checked here rather than in the schemas, because the schemas are fixed at import
+time and the limits are settings.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import ApiError
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_inputs: int
+    max_examples: int
+    max_text_chars: int
+
+    def check_inputs(self, inputs: list[str]) -> None:
+        """Refuse a predict request with too many texts or a text that is too long."""
+        _check_count("inputs", len(inputs), self.max_inputs, "RETENTIVE_MAX_INPUTS")
+        for index, text in enumerate(inputs):
+            if len(text) > self.max_text_chars:
+                field = f"inputs[{index}]"
+                message = f"at most {self.max_text_chars} characters, got {len(text)}"
+                raise ApiError(
+                    422, "invalid_request", f"{field}: {message}", [{"field": field, "message": message}]
+                )
+
+    def check_examples(self, count: int) -> None:
+        _check_count("examples", count, self.max_examples, "RETENTIVE_MAX_EXAMPLES")
+
+
+def _check_count(field: str, count: int, most: int, setting: str) -> None:
+    if count > most:
+        message = f"at most {most} per request ({setting}), got {count}: split them into several requests"
+        raise ApiError(422, "invalid_request", f"{field}: {message}", [{"field": field, "message": message}])
+
+
+class _BodyTooLargeError(Exception):
+    """Raised from inside `receive` to abandon a body that passed the limit."""
+
+
+class BodySizeLimit:
+    """ASGI middleware: a body over `max_bytes` is refused with 413 before any route sees it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLargeError
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLargeError:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps(
+            {
+                "error": {
+                    "code": "body_too_large",
+                    "message": f"the request body is over {self.max_bytes} bytes (RETENTIVE_MAX_BODY_BYTES)",
+                    "details": {"max_bytes": self.max_bytes},
+                }
+            }
+        ).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

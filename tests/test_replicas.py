@@ -1,0 +1,140 @@
+"""Scale-out: one `retentive learn` and two `retentive serve --no-learner` replicas on one Redis and one data
+directory. New versions and rollbacks reach both replicas."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from streams.connection import connect, stop_embedded
+from streams.keys import StreamKeys
+from streams.notify import latest_version
+from tests.conftest import TEST_REDIS_URL
+from tests.test_api import ADMIN, LABELS, call, eventually, examples
+from tests.test_serve import free_port, wait_ready
+
+
+@dataclass
+class Cluster:
+    replicas: list[str]
+    client: redis.Redis
+    keys: StreamKeys
+
+    def served_versions(self) -> list[int | None]:
+        return [call(base, "GET", "/v1/model").json()["model_version"] for base in self.replicas]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Cluster]:
+    data_dir = tmp_path_factory.mktemp("cluster")
+    name = f"rt-test-{uuid.uuid4().hex[:12]}"
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "RETENTIVE_MODEL": str(tiny_model_dir),
+        "RETENTIVE_DATA_DIR": str(data_dir),
+        "RETENTIVE_REDIS_URL": TEST_REDIS_URL,
+        "RETENTIVE_KEY_PREFIX": name,
+        "RETENTIVE_MODEL_NAME": name,
+        "RETENTIVE_API_KEYS": f"{ADMIN}:admin",
+        "RETENTIVE_BATCH_SIZE": "8",
+        "RETENTIVE_BATCH_WAIT_S": "0.2",
+        "RETENTIVE_SNAPSHOT_EVERY": "4",
+        "RETENTIVE_SNAPSHOT_EVERY_S": "1",
+        "RETENTIVE_PUBLISH_EVERY_S": "0.5",
+        "RETENTIVE_LEARNING_RATE": "1e-3",
+        "RETENTIVE_LEASE_TTL_MS": "2000",
+        "RETENTIVE_SNAPSHOT_KEEP": "50",
+    }
+    env.pop("REDIS_URL", None)
+    processes = [subprocess.Popen(["retentive", "learn"], env=env, stderr=subprocess.DEVNULL)]
+    replicas = []
+    client = connect(TEST_REDIS_URL, data_dir)
+    try:
+        for _ in range(2):
+            port = free_port()
+            replica = subprocess.Popen(
+                ["retentive", "serve", "--no-learner"],
+                env={**env, "RETENTIVE_PORT": str(port)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            processes.append(replica)
+            replicas.append(f"http://127.0.0.1:{port}")
+            wait_ready(replicas[-1], replica)
+        yield Cluster(replicas, client, StreamKeys(name, name))
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=60)
+        for key in client.scan_iter(match=f"{name}*"):
+            client.delete(key)
+        client.close()
+        stop_embedded(data_dir)
+
+
+def both_reach(cluster: Cluster, version: int, within_s: float) -> float:
+    """Seconds until both replicas serve `version`, failing after `within_s`."""
+    began = time.monotonic()
+    while time.monotonic() - began < within_s:
+        if cluster.served_versions() == [version, version]:
+            return time.monotonic() - began
+        time.sleep(0.05)
+    raise AssertionError(f"replicas serve {cluster.served_versions()}, not {version}, after {within_s} s")
+
+
+def test_both_replicas_serve_each_new_version_and_a_rollback(cluster: Cluster) -> None:
+    first, second = cluster.replicas
+    assert call(first, "POST", "/v1/feedback", json={"examples": examples(10)}).status_code == 202
+    eventually(
+        lambda: call(second, "POST", "/v1/predict", json={"inputs": ["x"]}).status_code == 200,
+        60,
+        "the second replica to serve a model fed through the first",
+    )
+    counters = lambda: call(first, "GET", "/v1/model").json()["counters"]  # noqa: E731
+    eventually(
+        lambda: counters().get("applied", 0) + counters().get("held_out", 0) == 30, 60, "every example"
+    )
+
+    paused = call(second, "POST", "/v1/learner/pause")
+    assert paused.status_code == 200 and paused.json()["paused_reason"]
+    eventually(
+        lambda: call(first, "GET", "/v1/model").json()["learner"] == "paused", 30, "the learner to pause"
+    )
+    announced = latest_version(cluster.client, cluster.keys)
+    assert announced is not None
+    both_reach(cluster, announced[0], within_s=2.0)
+
+    oldest = call(first, "GET", "/v1/snapshots").json()[-1]
+    rollback = call(first, "POST", f"/v1/snapshots/{oldest['id']}/rollback", json={"replay": False})
+    assert rollback.status_code == 202, rollback.text
+    eventually(
+        lambda: latest_version(cluster.client, cluster.keys)[0] > announced[0], 30, "the rollback snapshot"
+    )
+    rolled_back = latest_version(cluster.client, cluster.keys)[0]
+    both_reach(cluster, rolled_back, within_s=2.0)
+    query = {"inputs": list(LABELS.values()), "top_k": 3}
+    answers = [call(base, "POST", "/v1/predict", json=query).json() for base in cluster.replicas]
+    assert answers[0]["model_version"] == answers[1]["model_version"] == rolled_back
+    assert [p["top"] for p in answers[0]["predictions"]] == [p["top"] for p in answers[1]["predictions"]]
+
+    resumed = call(first, "POST", "/v1/learner/resume")
+    assert resumed.status_code == 200 and resumed.json()["paused_reason"] is None
+
+
+def test_a_rollback_to_an_unknown_snapshot_is_refused(cluster: Cluster) -> None:
+    missing = call(cluster.replicas[0], "POST", "/v1/snapshots/00009999-aaaaaaaaaaaa/rollback")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "snapshot_not_found"
+    garbage = call(cluster.replicas[0], "POST", "/v1/snapshots/not-an-id/rollback")
+    assert garbage.status_code == 404
+    assert httpx.get(f"{cluster.replicas[1]}/healthz").status_code == 200
