@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from enum import StrEnum
+from pathlib import Path
 
 from fastapi import Request
 
@@ -15,6 +16,15 @@ class Scope(StrEnum):
     PREDICT = "predict"
     FEEDBACK = "feedback"
     ADMIN = "admin"
+
+
+def read_key_file(path: Path) -> str:
+    """A key file's entries (one per line, `#` starts a comment), joined as `parse_api_keys` reads them."""
+    try:
+        lines = path.expanduser().read_text().splitlines()
+    except OSError as err:
+        raise ValueError(f"cannot read the key file {path}: {err.strerror}") from None
+    return ";".join(line.partition("#")[0].strip() for line in lines)
 
 
 def parse_api_keys(raw: str) -> dict[str, frozenset[Scope]]:

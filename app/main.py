@@ -108,7 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.redis.close()
 
     app = FastAPI(title="retentive", version=version("retentive"), lifespan=lifespan)
-    app.state.api_keys = parse_api_keys(settings.api_keys.get_secret_value())
+    app.state.api_keys = parse_api_keys(settings.api_key_entries())
     app.state.settings = settings
     app.state.keys = keys
     app.state.holder = holder

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.auth import parse_api_keys
+from app.auth import parse_api_keys, read_key_file
 from learner.encoder import default_model_path, looks_like_path
 from learner.forgetting import AlarmPolicy
 from learner.loop import LoopConfig
@@ -133,7 +133,12 @@ class Settings(BaseSettings):
     api_keys: SecretStr = Field(
         SecretStr(""),
         description="API keys as KEY:SCOPE[,SCOPE...] separated by ';' (scopes: predict, feedback, admin). "
-        "Empty: no key needed, and the API binds to loopback only.",
+        "Empty (and no key file): no key needed, and the API binds to loopback only.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="A file of API keys, one KEY:SCOPE[,SCOPE...] entry per line ('#' starts a comment), "
+        "used together with RETENTIVE_API_KEYS.",
     )
     host: str = Field("127.0.0.1", description="Address the API binds to.")
     port: int = Field(8000, ge=0, le=65535, description="Port the API binds to.")
@@ -177,6 +182,20 @@ class Settings(BaseSettings):
     def _parse_keys(cls, value: SecretStr) -> SecretStr:
         parse_api_keys(value.get_secret_value())
         return value
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _parse_key_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            parse_api_keys(read_key_file(value))
+        return value
+
+    def api_key_entries(self) -> str:
+        """Every configured key entry, from the setting and the key file together."""
+        entries = [self.api_keys.get_secret_value()]
+        if self.api_keys_file is not None:
+            entries.append(read_key_file(self.api_keys_file))
+        return ";".join(entry for entry in entries if entry)
 
     @field_validator("strategy")
     @classmethod

@@ -22,6 +22,8 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     for name in Settings.model_fields:
         value = getattr(settings, name)
+        if value is None:
+            continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
         env[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)

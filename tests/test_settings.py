@@ -33,6 +33,22 @@ def test_api_keys_carry_scopes_and_are_never_echoed(monkeypatch: pytest.MonkeyPa
     assert "scopes are predict, feedback, admin" in str(err.value) and "alpha" not in str(err.value)
 
 
+def test_a_key_file_adds_keys_and_a_bad_one_names_the_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("RETENTIVE_API_KEYS", "alpha:predict")
+    key_file = tmp_path / "keys"
+    key_file.write_text("# operators\nbeta:admin  # on call\n\ngamma:feedback\n")
+    keys = parse_api_keys(load_settings(api_keys_file=key_file).api_key_entries())
+    assert keys == {"alpha": {Scope.PREDICT}, "beta": set(Scope), "gamma": {Scope.FEEDBACK}}
+    key_file.write_text("delta\n")
+    with pytest.raises(ConfigError, match="RETENTIVE_API_KEYS_FILE: entry 1 must look like") as err:
+        load_settings(api_keys_file=key_file)
+    assert "delta" not in str(err.value)
+    with pytest.raises(ConfigError, match="RETENTIVE_API_KEYS_FILE: cannot read the key file"):
+        load_settings(api_keys_file=tmp_path / "missing")
+
+
 @pytest.mark.parametrize(
     ("override", "named"),
     [
