@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from contextlib import ExitStack
 from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 
+from app.feed import RetryPolicy, direct_sender, http_sender, open_input, progress_bar, service_url
+from app.feed import feed as feed_lines
 from app.settings import ConfigError, Settings, load_settings
 from learner.encoder import ModelNotFoundError
 from streams.connection import RedisUnavailableError
@@ -80,7 +85,7 @@ def serve(
     from streams.connection import connect
 
     settings = _settings(model=model, data_dir=data_dir, redis_url=redis_url, host=host, port=port)
-    open_access = not settings.api_keys.get_secret_value()
+    open_access = not settings.api_key_entries()
     if open_access and settings.host not in LOOPBACK and not insecure:
         _fail(
             f"RETENTIVE_HOST: {settings.host} is reachable from other machines and no API key is set; "
@@ -117,6 +122,92 @@ def learn(model: ModelOpt = None, data_dir: DataDirOpt = None, redis_url: RedisO
         _fail(f"RETENTIVE_MODEL: {err}")
     except RedisUnavailableError as err:
         _fail(f"RETENTIVE_REDIS_URL: {err}")
+
+
+FEED_HELP = (
+    "Send labelled examples from a JSON Lines file as feedback, then print what became of them.\n\n"
+    "Each line is an object with text and label, and optionally id, slice and prediction_id. Every line is "
+    "checked first: a bad line is refused alone (the summary names its number and why), blank lines are "
+    "skipped, and the good lines go out in batches, over HTTP or with --direct straight into the Redis "
+    "stream. Lines are checked against the limits of the settings (RETENTIVE_MAX_TEXT_CHARS, "
+    "RETENTIVE_MAX_LABEL_CHARS); a batch the service finds too large is sent in smaller parts.\n\n"
+    "Lines with an id are safe to send again: an id already accepted counts as a duplicate and is not added "
+    "twice, so after a stop the same file can simply be fed again.\n\n"
+    "Exit status: 0 when every line was accepted or a duplicate, 1 when some were refused, 2 when feeding "
+    "stopped early (no access, service unreachable, backlog full for too long) or on a usage error."
+)
+
+
+@cli.command(help=FEED_HELP)
+def feed(
+    file: Annotated[str, typer.Argument(metavar="FILE", help="JSON Lines file of examples; - reads stdin.")],
+    url: Annotated[
+        str | None, typer.Option(help="Service URL; default http://RETENTIVE_HOST:RETENTIVE_PORT.")
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RETENTIVE_API_KEY",
+            show_envvar=False,
+            help="API key with the feedback scope [RETENTIVE_API_KEY].",
+        ),
+    ] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Examples per request.")] = 100,
+    direct: Annotated[
+        bool, typer.Option("--direct", help="Add to the Redis stream directly instead of over HTTP.")
+    ] = False,
+    data_dir: DataDirOpt = None,
+    redis_url: RedisOpt = None,
+    max_wait: Annotated[
+        float,
+        typer.Option(
+            min=0, help="Seconds to keep retrying in all while the backlog is full or Redis is down."
+        ),
+    ] = 120,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    from streams.connection import connect
+    from streams.producer import FeedbackProducer
+
+    if direct and url:
+        _fail("--url is for HTTP; with --direct the stream is reached through --redis-url or --data-dir")
+    settings = _settings(data_dir=data_dir, redis_url=redis_url)
+    with ExitStack() as stack:
+        try:
+            source, total = open_input(file)
+        except OSError as err:
+            _fail(f"{file}: {err.strerror or err}")
+        lines = stack.enter_context(source)
+        if direct:
+            try:
+                client = connect(settings.redis_url, settings.data_dir)
+            except RedisUnavailableError as err:
+                _fail(f"RETENTIVE_REDIS_URL: {err}")
+            stack.callback(client.close)
+            producer = FeedbackProducer(
+                client,
+                settings.stream_keys(),
+                max_backlog=settings.max_backlog,
+                limits=settings.record_limits(),
+            )
+            send = direct_sender(producer)
+        else:
+            target = url or service_url(settings.host, settings.port)
+            send = http_sender(stack.enter_context(httpx.Client(timeout=60)), target, api_key)
+        progress = stack.enter_context(progress_bar(total, quiet))
+        summary = feed_lines(
+            lines,
+            send,
+            batch_size=batch,
+            limits=settings.record_limits(),
+            retry=RetryPolicy(max_wait_s=max_wait),
+            progress=progress,
+        )
+    typer.echo(json.dumps(summary.as_dict()) if as_json else summary.report())
+    if summary.stopped:
+        _fail(summary.stopped)
+    raise typer.Exit(summary.exit_code)
 
 
 def main() -> None:
