@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
-from streams.connection import stop_embedded
-from tests.test_serve import free_port, wait_ready
+from tests.polling import eventually
+from tests.services import serving
 
 LABELS = {
     "astronomy": "the telescope saw a distant galaxy and a bright comet near the planet",
@@ -27,52 +25,27 @@ SERVE_PID: dict[str, int] = {}
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[str]:
     data_dir = tmp_path_factory.mktemp("service")
-    port = free_port()
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "RETENTIVE_MODEL": str(tiny_model_dir),
-        "RETENTIVE_DATA_DIR": str(data_dir),
-        "RETENTIVE_PORT": str(port),
-        "RETENTIVE_API_KEYS": f"{ADMIN}:admin;{PREDICTOR}:predict",
-        "RETENTIVE_BATCH_SIZE": "8",
-        "RETENTIVE_BATCH_WAIT_S": "0.2",
-        "RETENTIVE_SNAPSHOT_EVERY": "5",
-        "RETENTIVE_SNAPSHOT_EVERY_S": "1",
-        "RETENTIVE_EVAL_EVERY": "5",
-        "RETENTIVE_PROBE_FRACTION": "0.2",
-        "RETENTIVE_LEARNING_RATE": "1e-3",
-        "RETENTIVE_STRATEGY": "migu+replay",
-        "RETENTIVE_LEASE_TTL_MS": "2000",
-    }
-    for name in ("REDIS_URL", "RETENTIVE_REDIS_URL"):
-        env.pop(name, None)
-    process = subprocess.Popen(
-        ["retentive", "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, process)
+    with serving(
+        data_dir,
+        model=tiny_model_dir,
+        api_keys=f"{ADMIN}:admin;{PREDICTOR}:predict",
+        batch_size=8,
+        batch_wait_s=0.2,
+        snapshot_every=5,
+        snapshot_every_s=1,
+        eval_every=5,
+        probe_fraction=0.2,
+        learning_rate=1e-3,
+        strategy="migu+replay",
+        lease_ttl_ms=2000,
+    ) as (base, process):
         SERVE_PID[base] = process.pid
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=90)
-        stop_embedded(data_dir)
 
 
 def call(base: str, method: str, path: str, key: str | None = ADMIN, **kwargs: object) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return httpx.request(method, f"{base}{path}", headers=headers, timeout=30, **kwargs)
-
-
-def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def examples(count: int) -> list[dict[str, str]]:

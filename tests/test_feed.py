@@ -16,11 +16,11 @@ from typer.testing import CliRunner, Result
 
 from app.cli import cli
 from app.feed import FeedSummary, Refusal, RetryPolicy, Sender, TargetBusyError, feed
-from streams.connection import connect, stop_embedded
+from streams.connection import connect
 from streams.keys import StreamKeys
 from streams.records import FeedbackRecord
 from tests.conftest import TEST_REDIS_URL, RedisTarget
-from tests.test_serve import free_port, wait_ready
+from tests.services import free_port, serving
 
 FEED_KEY, PREDICT_KEY = "feed-key-1", "predict-key-1"
 # Small enough for a test to fill the backlog (no learner drains it) or pass the request limits.
@@ -50,36 +50,23 @@ class Service:
 def running_service(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Service]:
     data_dir = tmp_path_factory.mktemp("feed-service")
     prefix = f"rt-feed-{uuid.uuid4().hex[:12]}"
-    port = free_port()
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "RETENTIVE_MODEL": str(tiny_model_dir),
-        "RETENTIVE_DATA_DIR": str(data_dir),
-        "RETENTIVE_REDIS_URL": TEST_REDIS_URL,
-        "RETENTIVE_KEY_PREFIX": prefix,
-        "RETENTIVE_PORT": str(port),
-        "RETENTIVE_API_KEYS": f"{FEED_KEY}:feedback;{PREDICT_KEY}:predict",
-        "RETENTIVE_MAX_BACKLOG": str(MAX_BACKLOG),
-        "RETENTIVE_MAX_EXAMPLES": str(MAX_EXAMPLES),
-        "RETENTIVE_MAX_LABEL_CHARS": str(SERVER_LABEL_CHARS),
-    }
-    env.pop("REDIS_URL", None)
-    process = subprocess.Popen(
-        ["retentive", "serve", "--no-learner"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    client = None
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", process)
+    with serving(
+        data_dir,
+        "--no-learner",
+        model=tiny_model_dir,
+        redis_url=TEST_REDIS_URL,
+        key_prefix=prefix,
+        api_keys=f"{FEED_KEY}:feedback;{PREDICT_KEY}:predict",
+        max_backlog=MAX_BACKLOG,
+        max_examples=MAX_EXAMPLES,
+        max_label_chars=SERVER_LABEL_CHARS,
+    ) as (base, _):
         client = connect(TEST_REDIS_URL, data_dir)
-        yield Service(f"http://127.0.0.1:{port}", port, StreamKeys(prefix, "default"), client)
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-        if client is not None:
+        try:
+            yield Service(base, int(base.rsplit(":", 1)[1]), StreamKeys(prefix, "default"), client)
+        finally:
             delete_keys(client, prefix)
             client.close()
-        stop_embedded(data_dir)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import contextlib
 import copy
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from streams.keys import StreamKeys
 from streams.notify import recent_evaluations
 from streams.producer import FeedbackProducer
 from streams.records import FeedbackRecord
+from tests.polling import eventually
 
 LABELS = ["sports", "business", "weather"]
 
@@ -56,15 +57,6 @@ class RunningLoop:
     def applied(self) -> int:
         counters = self.loop.state.counters
         return counters.applied + counters.held_out
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @contextlib.contextmanager
@@ -110,22 +102,24 @@ def running(
 
 def test_a_paused_learner_leaves_feedback_in_the_stream_until_resumed(running: RunningLoop) -> None:
     running.control.pause("paused by an operator")
-    eventually(lambda: running.loop.status == "paused", "the learner to pause")
+    eventually(lambda: running.loop.status == "paused", 60, "the learner to pause")
     running.feed(24)
     time.sleep(1.0)
     assert running.applied() == 0
-    eventually(lambda: learner_state(running.client, running.keys) == "paused", "the heartbeat to say paused")
+    eventually(
+        lambda: learner_state(running.client, running.keys) == "paused", 60, "the heartbeat to say paused"
+    )
     running.control.resume()
-    eventually(lambda: running.applied() == 24, "the held feedback to be applied")
+    eventually(lambda: running.applied() == 24, 60, "the held feedback to be applied")
     assert running.learner.counters.updates > 0
     eventually(
-        lambda: learner_state(running.client, running.keys) == "running", "the heartbeat to say running"
+        lambda: learner_state(running.client, running.keys) == "running", 60, "the heartbeat to say running"
     )
 
 
 def snapshot_after(running: RunningLoop, count: int) -> Manifest:
     running.feed(count)
-    eventually(lambda: running.applied() == running.fed, f"{running.fed} entries applied")
+    eventually(lambda: running.applied() == running.fed, 60, f"{running.fed} entries applied")
     return running.loop.snapshot()
 
 
@@ -134,8 +128,8 @@ def model_tensors(store: SnapshotStore, manifest: Manifest) -> dict[str, torch.T
 
 
 def wait_for_rollback(running: RunningLoop, before: int) -> Manifest:
-    eventually(lambda: running.loop.state.counters.rollbacks == before + 1, "the rollback")
-    eventually(lambda: running.control.state().rollback is None, "the request to be marked done")
+    eventually(lambda: running.loop.state.counters.rollbacks == before + 1, 60, "the rollback")
+    eventually(lambda: running.control.state().rollback is None, 60, "the request to be marked done")
     latest = running.loop.store.latest()
     assert latest is not None
     return latest
@@ -161,7 +155,9 @@ def test_rollback_serves_the_old_weights_as_a_new_version_and_drops_later_feedba
     assert running.learner.counters.updates == updates_then
     assert running.loop.state.cursor == cursor
     running.feed(8)
-    eventually(lambda: running.learner.counters.updates == updates_then + 1, "learning to go on from there")
+    eventually(
+        lambda: running.learner.counters.updates == updates_then + 1, 60, "learning to go on from there"
+    )
 
 
 def test_rollback_with_replay_learns_the_later_feedback_again(running: RunningLoop) -> None:
@@ -179,7 +175,7 @@ def test_rollback_with_replay_learns_the_later_feedback_again(running: RunningLo
 def test_a_rollback_to_a_missing_snapshot_is_dropped_and_learning_goes_on(running: RunningLoop) -> None:
     snapshot_after(running, 8)
     running.control.request_rollback("00000099-aaaaaaaaaaaa", replay=False)
-    eventually(lambda: running.control.state().rollback is None, "the request to be dropped")
+    eventually(lambda: running.control.state().rollback is None, 60, "the request to be dropped")
     assert running.loop.state.counters.rollbacks == 0
     snapshot_after(running, 8)
     assert running.applied() == 16
@@ -193,12 +189,12 @@ def test_a_registered_probe_is_evaluated_at_once_and_dropped_when_deleted(runnin
         latest = recent_evaluations(running.client, running.keys, 1)
         return {p["name"] for p in latest[0]["probes"]} if latest else set()
 
-    eventually(lambda: "golden" in evaluated_probes(), "the new probe in an evaluation")
+    eventually(lambda: "golden" in evaluated_probes(), 60, "the new probe in an evaluation")
     latest = recent_evaluations(running.client, running.keys, 1)[0]
     golden = next(p for p in latest["probes"] if p["name"] == "golden")
     assert golden["source"] == "registered" and golden["size"] == 2
     running.control.delete_probe("golden")
-    eventually(lambda: "golden" not in evaluated_probes(), "the probe to be gone")
+    eventually(lambda: "golden" not in evaluated_probes(), 60, "the probe to be gone")
 
 
 def test_weights_are_published_between_snapshots_and_served(
@@ -208,7 +204,7 @@ def test_weights_are_published_between_snapshots_and_served(
     published = SnapshotStore(tmp_path / "published")
     with start_loop(tiny_encoder, redis_client, keys, tmp_path, publish_every_s=0.2) as running:
         running.feed(16)
-        eventually(lambda: published.max_version() > 0, "a weights publication")
+        eventually(lambda: published.max_version() > 0, 60, "a weights publication")
         assert running.loop.store.latest() is None
         holder = ModelHolder(str(tiny_model_dir), SnapshotStore(tmp_path / "snapshots"), published)
         assert holder.refresh()
@@ -221,9 +217,9 @@ def test_weights_are_published_between_snapshots_and_served(
 
 def test_the_learner_backs_off_while_a_replica_reports_pressure(running: RunningLoop) -> None:
     beat(running.client, running.keys.pressure, "replica-1", {"queue": 10_000, "p95_ms": 0.0}, ttl_s=60)
-    eventually(lambda: running.loop.state.counters.backoffs >= 1, "the learner to back off")
+    eventually(lambda: running.loop.state.counters.backoffs >= 1, 60, "the learner to back off")
     running.feed(16)
-    eventually(lambda: running.loop.state.counters.backoffs >= 3, "the learner to keep backing off")
+    eventually(lambda: running.loop.state.counters.backoffs >= 3, 60, "the learner to keep backing off")
     assert running.applied() == 0
     leave(running.client, running.keys.pressure, "replica-1")
-    eventually(lambda: running.applied() == 16, "learning to resume once the pressure is gone")
+    eventually(lambda: running.applied() == 16, 60, "learning to resume once the pressure is gone")

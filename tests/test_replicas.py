@@ -3,7 +3,6 @@ directory. New versions and rollbacks reach both replicas."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 import uuid
@@ -19,8 +18,9 @@ from streams.connection import connect, stop_embedded
 from streams.keys import StreamKeys
 from streams.notify import latest_version
 from tests.conftest import TEST_REDIS_URL
-from tests.test_api import ADMIN, LABELS, call, eventually, examples
-from tests.test_serve import free_port, wait_ready
+from tests.polling import eventually
+from tests.services import free_port, service_env, wait_ready
+from tests.test_api import ADMIN, LABELS, call, examples
 
 
 @dataclass
@@ -37,25 +37,22 @@ class Cluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Cluster]:
     data_dir = tmp_path_factory.mktemp("cluster")
     name = f"rt-test-{uuid.uuid4().hex[:12]}"
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "RETENTIVE_MODEL": str(tiny_model_dir),
-        "RETENTIVE_DATA_DIR": str(data_dir),
-        "RETENTIVE_REDIS_URL": TEST_REDIS_URL,
-        "RETENTIVE_KEY_PREFIX": name,
-        "RETENTIVE_MODEL_NAME": name,
-        "RETENTIVE_API_KEYS": f"{ADMIN}:admin",
-        "RETENTIVE_BATCH_SIZE": "8",
-        "RETENTIVE_BATCH_WAIT_S": "0.2",
-        "RETENTIVE_SNAPSHOT_EVERY": "4",
-        "RETENTIVE_SNAPSHOT_EVERY_S": "1",
-        "RETENTIVE_PUBLISH_EVERY_S": "0.5",
-        "RETENTIVE_LEARNING_RATE": "1e-3",
-        "RETENTIVE_LEASE_TTL_MS": "2000",
-        "RETENTIVE_SNAPSHOT_KEEP": "50",
-    }
-    env.pop("REDIS_URL", None)
+    env = service_env(
+        data_dir,
+        model=tiny_model_dir,
+        redis_url=TEST_REDIS_URL,
+        key_prefix=name,
+        model_name=name,
+        api_keys=f"{ADMIN}:admin",
+        batch_size=8,
+        batch_wait_s=0.2,
+        snapshot_every=4,
+        snapshot_every_s=1,
+        publish_every_s=0.5,
+        learning_rate=1e-3,
+        lease_ttl_ms=2000,
+        snapshot_keep=50,
+    )
     processes = [subprocess.Popen(["retentive", "learn"], env=env, stderr=subprocess.DEVNULL)]
     replicas = []
     client = connect(TEST_REDIS_URL, data_dir)
