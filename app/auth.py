@@ -6,10 +6,17 @@ import hmac
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.errors import ApiError
+
+# Declared so the OpenAPI schema tells clients how to authenticate; the check itself is `require`'s.
+BEARER = HTTPBearer(
+    auto_error=False, description="An API key from RETENTIVE_API_KEYS, with the route's scope."
+)
 
 
 class Scope(StrEnum):
@@ -49,12 +56,13 @@ def parse_api_keys(raw: str) -> dict[str, frozenset[Scope]]:
 def require(scope: Scope) -> Callable[[Request], None]:
     """Dependency: 401 without a known key, 403 when the key lacks `scope`; open when no key is configured."""
 
-    def check(request: Request) -> None:
+    def check(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+    ) -> None:
         keys: dict[str, frozenset[Scope]] = request.app.state.api_keys
         if not keys:
             return
-        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-        granted = _lookup(keys, presented.strip()) if scheme.lower() == "bearer" else None
+        granted = _lookup(keys, credentials.credentials) if credentials else None
         if granted is None:
             raise ApiError(401, "unauthorized", "send a valid API key as 'Authorization: Bearer KEY'")
         if scope not in granted:

@@ -61,26 +61,32 @@ class BodySizeLimit:
             await self._refuse(send)
             return
         received = 0
-        started = False
+        too_large = refused = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    too_large = True
                     raise _BodyTooLargeError
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def guarded_send(message: Message) -> None:
+            # The route's body parser may turn our exception into its own error response; once the body
+            # is known to be too large, that response is replaced by the 413.
+            nonlocal refused
+            if not too_large:
+                await send(message)
+            elif not refused:
+                refused = True
+                await self._refuse(send)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, guarded_send)
         except _BodyTooLargeError:
-            if not started:
+            if not refused:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:

@@ -271,6 +271,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        if err.status_code == 400:
+            # FastAPI's one 400: a body that is not even text (invalid UTF-8). It is a validation error too.
+            message = "body: the request body is not valid UTF-8 JSON"
+            return error_response(422, "invalid_request", message, [{"field": "body", "message": message}])
         return error_response(err.status_code, f"http_{err.status_code}", str(err.detail))
 
     @app.exception_handler(RequestValidationError)
