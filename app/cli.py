@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from contextlib import ExitStack
 from importlib.metadata import version
@@ -100,6 +101,9 @@ def serve(
         _fail(f"RETENTIVE_REDIS_URL: {err}")
     if open_access:
         typer.echo(f"no API keys set: serving without authentication on {settings.host} only", err=True)
+    # uvicorn re-raises SIGTERM once it has shut down; exiting through Python instead lets the learner
+    # child be stopped cleanly below rather than left running on its own.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     child = LearnerChild(settings) if learner else None
     if child:
         child.start()
@@ -111,13 +115,20 @@ def serve(
 
 
 @cli.command()
-def learn(model: ModelOpt = None, data_dir: DataDirOpt = None, redis_url: RedisOpt = None) -> None:
+def learn(
+    model: ModelOpt = None,
+    data_dir: DataDirOpt = None,
+    redis_url: RedisOpt = None,
+    parent_pid: Annotated[
+        int | None, typer.Option(hidden=True, help="Stop cleanly once this parent process is gone.")
+    ] = None,
+) -> None:
     """Run a learner in the foreground: standby until it holds the lease, then learn from the stream."""
     from app.learner_process import run_learner
 
     settings = _settings(model=model, data_dir=data_dir, redis_url=redis_url)
     try:
-        run_learner(settings)
+        run_learner(settings, parent_pid)
     except ModelNotFoundError as err:
         _fail(f"RETENTIVE_MODEL: {err}")
     except RedisUnavailableError as err:

@@ -53,7 +53,9 @@ class LearnerChild:
 
     def _supervise(self) -> None:
         while not self._stop.is_set():
-            self.process = subprocess.Popen([sys.executable, "-m", "app.cli", "learn"], env=self.env)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "learn", "--parent-pid", str(os.getpid())], env=self.env
+            )
             code = self.process.wait()
             if self._stop.is_set():
                 return

@@ -1,13 +1,16 @@
-"""`retentive serve` as a real uvicorn process on the default model and the embedded Redis."""
+"""`retentive serve` as a real uvicorn process on the embedded Redis, and the learner child it runs."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
+from tests.polling import eventually
 from tests.services import serving
 
 
@@ -22,3 +25,24 @@ def test_serve_starts_with_embedded_redis_and_reports_ready(served: str, tmp_pat
     ready = httpx.get(f"{served}/readyz").json()
     assert ready["status"] == "ready"
     assert (tmp_path / "redis" / "appendonly.aof").exists()
+
+
+def learner_child(serve: subprocess.Popen) -> psutil.Process:
+    eventually(lambda: len(psutil.Process(serve.pid).children()) == 1, 60, "the learner child to start")
+    [child] = psutil.Process(serve.pid).children()
+    return child
+
+
+def test_stopping_serve_stops_its_learner_child(tmp_path: Path, tiny_model_dir: Path) -> None:
+    with serving(tmp_path, model=tiny_model_dir) as (_, process):
+        child = learner_child(process)
+        process.terminate()
+        assert process.wait(timeout=60) == 0
+        child.wait(timeout=5)
+
+
+def test_a_killed_serve_leaves_no_learner_behind(tmp_path: Path, tiny_model_dir: Path) -> None:
+    with serving(tmp_path, model=tiny_model_dir) as (_, process):
+        child = learner_child(process)
+        process.kill()
+        child.wait(timeout=30)
