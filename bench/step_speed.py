@@ -38,20 +38,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     names = args.strategies.split(",")
-    learners = {name: _learner(name, args.tokens, args.quick) for name in names}
-    # Long reviews, so every text fills the token budget and all steps see the same shapes.
-    texts = [r["text"] for r in read_split("yelp", "train", 2000) if len(r["text"]) > 1500]
-    labels = [r["label"] for r in read_split("yelp", "train", 2000) if len(r["text"]) > 1500]
-    times: dict[str, list[float]] = {name: [] for name in names}
     steps = 2 if args.quick else args.steps
-    for step in range(args.warmup + steps):
-        start = (step * args.batch) % (len(texts) - args.batch)
-        batch_texts, batch_labels = texts[start : start + args.batch], labels[start : start + args.batch]
-        for name, learner in learners.items():
-            began = time.perf_counter()
-            learner.train_step(batch_texts, batch_labels)
-            if step >= args.warmup:
-                times[name].append(time.perf_counter() - began)
+    times = step_times(names, steps, args.warmup, args.batch, args.tokens, args.quick)
 
     reference = statistics.median(times[names[0]])
     result = {
@@ -66,6 +54,26 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+def step_times(
+    names: list[str], steps: int, warmup: int, batch: int, tokens: int, quick: bool = False
+) -> dict[str, list[float]]:
+    """Seconds of each timed step per strategy, the strategies' steps interleaved on the same batches."""
+    learners = {name: _learner(name, tokens, quick) for name in names}
+    # Long reviews, so every text fills the token budget and all steps see the same shapes.
+    records = [r for r in read_split("yelp", "train", 2000) if len(r["text"]) > 1500]
+    texts, labels = [r["text"] for r in records], [r["label"] for r in records]
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for step in range(warmup + steps):
+        start = (step * batch) % (len(texts) - batch)
+        batch_texts, batch_labels = texts[start : start + batch], labels[start : start + batch]
+        for name, learner in learners.items():
+            began = time.perf_counter()
+            learner.train_step(batch_texts, batch_labels)
+            if step >= warmup:
+                times[name].append(time.perf_counter() - began)
+    return times
 
 
 def _learner(strategy: str, tokens: int, quick: bool) -> OnlineLearner:

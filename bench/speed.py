@@ -1,0 +1,508 @@
+"""Speed of the service, each figure beside a reference measured in the same run, so ratios hold on a noisy
+machine.
+
+    python -m bench.speed [--quick] [--out bench/results/speed.json]
+
+- learner: trained examples/s of the real learner loop consuming from an embedded Redis (service defaults)
+  against a bare PyTorch AdamW loop on the same model, batch and length over pre-tokenized tensors; both on
+  RETENTIVE_LEARNER_THREADS torch threads, in alternating rounds;
+- MIGU step time against a plain AdamW step (bench.step_speed, steps interleaved);
+- prediction over HTTP against a real `retentive serve --no-learner`: p50 and p99 of one-text requests
+  against the bare forward pass `head(encoder(**batch))` on RETENTIVE_API_THREADS threads; texts/s from 16
+  concurrent clients against bare batched forward passes of 16;
+- ingest: examples/s through POST /v1/feedback in batches of 100 against pipelined XADD from redis-py;
+- then a real `retentive serve` with its learner: freshness (from a feedback POST until a prediction comes
+  from weights that applied it, seen as the new label appearing) and p99 prediction latency while the learner
+  trains flat out against the same with the learner paused, in alternating phases;
+- peak RSS (VmHWM) of the API replica and of the learner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import torch
+from torch import nn
+from torch.nn import functional
+
+from app.settings import Settings
+from bench.data import read_split
+from bench.meta import run_metadata
+from bench.service import eventually, serving
+from bench.step_speed import step_times
+from learner.classifier import TextClassifier
+from learner.encoder import default_model_path, load_encoder, mean_pool, tiny_bert
+from learner.loop import LearnerLoop
+from learner.online import Example, LearnerConfig, OnlineLearner
+from learner.snapshots import SnapshotStore
+from streams.connection import connect, stop_embedded
+from streams.producer import FeedbackProducer
+from streams.records import FeedbackRecord
+
+AIMS = {
+    "learner_vs_bare": (">=", 0.85),
+    "migu_vs_sgd_step": ("<=", 1.0),
+    "throughput_vs_bare": (">=", 0.7),
+    "p99_learning_vs_paused": ("<=", 1.5),
+    "ingest_vs_xadd": (">=", 0.5),
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much of each measurement to run; `--quick` shrinks all of it to a smoke run on the tiny model."""
+
+    learn_examples: int = 320
+    rounds: int = 2
+    steps: int = 20
+    requests: int = 300
+    clients: int = 16
+    client_requests: int = 20
+    ingest_batches: int = 40
+    freshness_trials: int = 5
+    backlog: int = 1500
+    phase_s: float = 20.0
+    phases: int = 2
+
+
+QUICK = Sizes(
+    learn_examples=64,
+    rounds=1,
+    steps=2,
+    requests=30,
+    client_requests=4,
+    ingest_batches=5,
+    freshness_trials=2,
+    backlog=400,
+    phase_s=2.0,
+    phases=1,
+)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny model, a few of everything: a smoke run")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/speed.json"))
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else Sizes()
+    with tempfile.TemporaryDirectory(prefix="retentive-speed-") as scratch:
+        model = _model_dir(Path(scratch), args.quick)
+        defaults = Settings(model=model, data_dir=Path(scratch) / "unused")
+        records = _training_records(sizes.backlog)
+
+        print("learner loop against a bare AdamW loop ...", flush=True)
+        learner = learner_throughput(model, records[: sizes.learn_examples], sizes.rounds, defaults, scratch)
+        print("MIGU step against a plain step ...", flush=True)
+        steps = step_times(
+            ["sgd", "migu"], sizes.steps, 2, defaults.batch_size, defaults.max_length, args.quick
+        )
+        migu_ratio = statistics.median(steps["migu"]) / statistics.median(steps["sgd"])
+        print("an API replica over HTTP ...", flush=True)
+        replica = replica_figures(model, sizes, defaults, Path(scratch) / "replica")
+        print("serve with its learner ...", flush=True)
+        learning = learning_service_figures(model, records, sizes, Path(scratch) / "service")
+
+    result = {
+        **run_metadata("bench.speed"),
+        "model": "tiny" if args.quick else "all-MiniLM-L6-v2",
+        "learner_vs_bare": learner["ratio"],
+        "migu_vs_sgd_step": migu_ratio,
+        "predict_p50_ms": replica["predict_p50_ms"],
+        "predict_p99_ms": replica["predict_p99_ms"],
+        "bare_forward_ms": replica["bare_forward_ms"],
+        "throughput_vs_bare": replica["throughput_vs_bare"],
+        "p99_learning_vs_paused": learning["p99_learning_vs_paused"],
+        "ingest_vs_xadd": replica["ingest_vs_xadd"],
+        "freshness_s": learning["freshness_s"],
+        "learner_rss_mb": learning["learner_rss_mb"],
+        "api_rss_mb": replica["api_rss_mb"],
+        "details": {
+            "learner": learner,
+            "step_s": {name: statistics.median(times) for name, times in steps.items()},
+            "replica": replica,
+            "learning_service": learning,
+        },
+    }
+    result["aims"] = aims(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print_summary(result)
+    return result
+
+
+def aims(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each aim with its measured value and whether it was met."""
+    checked = {}
+    for key, (sense, bound) in AIMS.items():
+        value = result[key]
+        met = value >= bound if sense == ">=" else value <= bound
+        checked[key] = {"aim": f"{sense} {bound}", "value": value, "met": met}
+    p50_bound = 1.5 * result["bare_forward_ms"] + 3.0
+    checked["predict_p50_ms"] = {
+        "aim": f"<= 1.5 x bare + 3 ms = {p50_bound:.1f}",
+        "value": result["predict_p50_ms"],
+        "met": result["predict_p50_ms"] <= p50_bound,
+    }
+    return checked
+
+
+# --- the learner -------------------------------------------------------------------------------------
+
+
+def learner_throughput(
+    model: str, records: list[dict[str, str]], rounds: int, defaults: Settings, scratch: str
+) -> dict[str, Any]:
+    """Alternating rounds of the bare loop and the learner loop; the ratio of their summed rates."""
+    torch.set_num_threads(defaults.learner_threads)
+    bare, loop = [], []
+    for round_ in range(rounds):
+        bare.append(bare_training(model, records, defaults.batch_size, defaults.max_length))
+        loop.append(loop_training(model, records, defaults, Path(scratch) / f"loop-{round_}"))
+    bare_rate = sum(r["examples"] for r in bare) / sum(r["seconds"] for r in bare)
+    loop_rate = sum(r["examples"] for r in loop) / sum(r["seconds"] for r in loop)
+    return {
+        "bare_examples_per_s": bare_rate,
+        "loop_examples_per_s": loop_rate,
+        "ratio": loop_rate / bare_rate,
+        "threads": defaults.learner_threads,
+        "rounds": {"bare": bare, "loop": loop},
+    }
+
+
+def bare_training(model: str, records: list[dict[str, str]], batch: int, max_len: int) -> dict[str, float]:
+    """A plain AdamW loop: encoder, mean pooling, a linear head, cross-entropy, over in-memory tensors."""
+    tokenizer, encoder = load_encoder(model)
+    labels = sorted({r["label"] for r in records})
+    head = nn.Linear(encoder.config.hidden_size, len(labels))
+    optimizer = torch.optim.AdamW(
+        [{"params": encoder.parameters(), "lr": 1e-4}, {"params": head.parameters(), "lr": 1e-2}],
+        weight_decay=0.01,
+    )
+    batches = []
+    for start in range(0, len(records), batch):
+        chunk = records[start : start + batch]
+        tokens = tokenizer(
+            [r["text"] for r in chunk], padding=True, truncation=True, max_length=max_len, return_tensors="pt"
+        )
+        batches.append((tokens, torch.tensor([labels.index(r["label"]) for r in chunk])))
+    encoder.train()
+    began = time.perf_counter()
+    for tokens, targets in batches:
+        pooled = mean_pool(encoder(**tokens).last_hidden_state, tokens["attention_mask"])
+        functional.cross_entropy(head(pooled), targets).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return {"examples": len(records), "seconds": time.perf_counter() - began}
+
+
+def loop_training(model: str, records: list[dict[str, str]], defaults: Settings, data_dir: Path) -> dict:
+    """The service's learner loop on an embedded Redis holding `records`, until it has applied them all."""
+    settings = defaults.model_copy(update={"data_dir": data_dir})
+    client = connect("", data_dir)
+    try:
+        keys = settings.stream_keys()
+        producer = FeedbackProducer(client, keys, limits=settings.record_limits())
+        producer.add([FeedbackRecord(r["text"], r["label"], id=uuid.uuid4().hex) for r in records])
+        tokenizer, encoder = load_encoder(model)
+        store = SnapshotStore(settings.snapshot_dir, keep=settings.snapshot_keep)
+        learner = OnlineLearner(tokenizer, encoder, settings.learner_config(), store=store)
+        loop = LearnerLoop(
+            learner,
+            store,
+            client,
+            keys,
+            consumer_name="bench",
+            config=settings.loop_config(),
+            published=SnapshotStore(settings.published_dir, keep=2),
+            limits=settings.record_limits(),
+        )
+        stop = threading.Event()
+        worker = threading.Thread(target=loop.run, args=(stop,))
+        began = time.perf_counter()
+        worker.start()
+        consumed = lambda: loop.state.counters.applied + loop.state.counters.held_out  # noqa: E731
+        eventually(lambda: consumed() == len(records) or not worker.is_alive(), 3600, "the loop")
+        seconds = time.perf_counter() - began
+        stop.set()
+        worker.join()
+        return {"examples": learner.counters.examples_trained, "seconds": seconds}
+    finally:
+        client.close()
+        stop_embedded(data_dir)
+
+
+# --- an API replica ----------------------------------------------------------------------------------
+
+
+def replica_figures(model: str, sizes: Sizes, defaults: Settings, data_dir: Path) -> dict[str, Any]:
+    torch.set_num_threads(defaults.api_threads)
+    classifier = _served_snapshot(model, Settings(model=model, data_dir=data_dir))
+    texts = [r["text"] for r in read_split("agnews", "test", max(sizes.requests, 64))]
+    with serving(data_dir, "--no-learner", model=model) as (base, process):
+        with httpx.Client(base_url=base, timeout=60) as client:
+            for text in texts[:10]:
+                client.post("/v1/predict", json={"inputs": [text]}).raise_for_status()
+            latencies = _sequential_predictions(client, texts[: sizes.requests])
+            served_rate = _concurrent_predictions(base, texts, sizes.clients, sizes.client_requests)
+            ingest = _ingest_rate(client, sizes.ingest_batches)
+        xadd = _xadd_rate(data_dir, sizes.ingest_batches)
+        api_rss = _peak_rss_mb(process.pid)
+    bare_ms = _bare_forward_ms(classifier, texts[: sizes.requests])
+    bare_rate = _bare_batched_rate(classifier, texts, sizes.clients, sizes.client_requests)
+    return {
+        "predict_p50_ms": _percentile(latencies, 50),
+        "predict_p99_ms": _percentile(latencies, 99),
+        "bare_forward_ms": bare_ms,
+        "served_texts_per_s": served_rate,
+        "bare_batched_texts_per_s": bare_rate,
+        "throughput_vs_bare": served_rate / bare_rate,
+        "ingest_examples_per_s": ingest,
+        "xadd_examples_per_s": xadd,
+        "ingest_vs_xadd": ingest / xadd,
+        "api_rss_mb": api_rss,
+        "api_threads": defaults.api_threads,
+        "requests": sizes.requests,
+        "clients": sizes.clients,
+    }
+
+
+def _served_snapshot(model: str, settings: Settings) -> TextClassifier:
+    """A snapshot of a learner that knows the four news topics, as the replica will serve it."""
+    tokenizer, encoder = load_encoder(model)
+    learner = OnlineLearner(tokenizer, encoder, LearnerConfig(probe_fraction=0.0))
+    records = read_split("agnews", "train", 32)
+    learner.learn([Example(r["text"], r["label"]) for r in records])
+    learner.save(SnapshotStore(settings.snapshot_dir))
+    learner.model.eval()
+    return learner.model
+
+
+def _sequential_predictions(client: httpx.Client, texts: list[str]) -> list[float]:
+    latencies = []
+    for text in texts:
+        began = time.perf_counter()
+        client.post("/v1/predict", json={"inputs": [text]}).raise_for_status()
+        latencies.append((time.perf_counter() - began) * 1000)
+    return latencies
+
+
+def _concurrent_predictions(base: str, texts: list[str], clients: int, each: int) -> float:
+    """Texts per second answered to `clients` threads each sending `each` one-text requests in turn."""
+
+    def client_run(offset: int) -> None:
+        with httpx.Client(base_url=base, timeout=60) as client:
+            for i in range(each):
+                text = texts[(offset * each + i) % len(texts)]
+                client.post("/v1/predict", json={"inputs": [text]}).raise_for_status()
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client_run, range(clients)))
+    return clients * each / (time.perf_counter() - began)
+
+
+def _bare_forward_ms(classifier: TextClassifier, texts: list[str]) -> float:
+    batches = [classifier.tokenize([text]) for text in texts]
+    timings = []
+    with torch.inference_mode():
+        for batch in batches:
+            began = time.perf_counter()
+            classifier.head(classifier.embed(batch))
+            timings.append((time.perf_counter() - began) * 1000)
+    return _percentile(timings, 50)
+
+
+def _bare_batched_rate(classifier: TextClassifier, texts: list[str], batch: int, rounds: int) -> float:
+    chunks = [texts[(i * batch) % len(texts) :][:batch] for i in range(rounds)]
+    batches = [classifier.tokenize(chunk) for chunk in chunks]
+    with torch.inference_mode():
+        began = time.perf_counter()
+        for tokens in batches:
+            classifier.head(classifier.embed(tokens))
+    return sum(len(chunk) for chunk in chunks) / (time.perf_counter() - began)
+
+
+def _ingest_rate(client: httpx.Client, batches: int) -> float:
+    payloads = [{"examples": _feedback_batch(100)} for _ in range(batches)]
+    began = time.perf_counter()
+    for payload in payloads:
+        client.post("/v1/feedback", json=payload).raise_for_status()
+    return 100 * batches / (time.perf_counter() - began)
+
+
+def _xadd_rate(data_dir: Path, batches: int) -> float:
+    """Pipelined XADD of the same entries, 100 per round trip, on the replica's Redis."""
+    client = connect("", data_dir)
+    key = f"bench:xadd:{uuid.uuid4().hex}"
+    entries = [
+        [FeedbackRecord(e["text"], e["label"], id=e["id"], received_at=time.time()).to_fields() for e in b]
+        for b in (_feedback_batch(100) for _ in range(batches))
+    ]
+    try:
+        began = time.perf_counter()
+        for batch in entries:
+            pipeline = client.pipeline(transaction=False)
+            for fields in batch:
+                pipeline.xadd(key, fields)
+            pipeline.execute()
+        return 100 * batches / (time.perf_counter() - began)
+    finally:
+        client.delete(key)
+        client.close()
+
+
+def _feedback_batch(size: int) -> list[dict[str, str]]:
+    return [
+        {"text": f"a feedback text of ordinary length, number {i}", "label": "news", "id": uuid.uuid4().hex}
+        for i in range(size)
+    ]
+
+
+# --- serve with its learner --------------------------------------------------------------------------
+
+
+def learning_service_figures(
+    model: str, records: list[dict[str, str]], sizes: Sizes, data_dir: Path
+) -> dict[str, Any]:
+    with serving(data_dir, model=model) as (base, process):
+        with httpx.Client(base_url=base, timeout=60) as client:
+            _post(client, records[:64])
+            eventually(
+                lambda: client.post("/v1/predict", json={"inputs": ["x"]}).status_code == 200,
+                600,
+                "the first model",
+            )
+            freshness = [_freshness(client, trial) for trial in range(sizes.freshness_trials)]
+            _post(client, records[64:])
+            learning, paused = _learning_and_paused_latencies(client, sizes)
+        learner_rss = max(
+            (_peak_rss_mb(child.pid) for child in psutil.Process(process.pid).children()), default=0.0
+        )
+    return {
+        "freshness_s": statistics.median(freshness),
+        "freshness_trials_s": freshness,
+        "p99_learning_ms": _percentile(learning, 99),
+        "p99_paused_ms": _percentile(paused, 99),
+        "p50_learning_ms": _percentile(learning, 50),
+        "p50_paused_ms": _percentile(paused, 50),
+        "p99_learning_vs_paused": _percentile(learning, 99) / _percentile(paused, 99),
+        "requests_learning": len(learning),
+        "requests_paused": len(paused),
+        "learner_rss_mb": learner_rss,
+    }
+
+
+def _freshness(client: httpx.Client, trial: int) -> float:
+    """Seconds from posting examples of a new label until a prediction ranks that label at all."""
+    label = f"fresh-{trial}-{uuid.uuid4().hex[:6]}"
+    examples = [
+        {"text": f"a {label} example number {i}", "label": label, "id": uuid.uuid4().hex} for i in range(8)
+    ]
+    began = time.perf_counter()
+    client.post("/v1/feedback", json={"examples": examples}).raise_for_status()
+
+    def served() -> bool:
+        answer = client.post("/v1/predict", json={"inputs": [examples[0]["text"]], "top_k": 100}).json()
+        return any(scored["label"] == label for scored in answer["predictions"][0]["top"])
+
+    eventually(served, 300, f"label {label} to be served", every=0.05)
+    return time.perf_counter() - began
+
+
+def _learning_and_paused_latencies(client: httpx.Client, sizes: Sizes) -> tuple[list[float], list[float]]:
+    """Alternating phases of one-text predictions: the learner training on a backlog, then paused."""
+    texts = [r["text"] for r in read_split("agnews", "test", 200)]
+    learning: list[float] = []
+    paused: list[float] = []
+    for _ in range(sizes.phases):
+        eventually(lambda: _learner_state(client) == "running", 120, "the learner to run")
+        learning += _timed_phase(client, texts, sizes.phase_s)
+        client.post("/v1/learner/pause").raise_for_status()
+        eventually(lambda: _learner_state(client) == "paused", 120, "the learner to pause")
+        paused += _timed_phase(client, texts, sizes.phase_s)
+        client.post("/v1/learner/resume").raise_for_status()
+    return learning, paused
+
+
+def _timed_phase(client: httpx.Client, texts: list[str], seconds: float) -> list[float]:
+    latencies = []
+    ends = time.perf_counter() + seconds
+    while time.perf_counter() < ends:
+        latencies += _sequential_predictions(client, [texts[len(latencies) % len(texts)]])
+    return latencies
+
+
+def _learner_state(client: httpx.Client) -> str:
+    return client.get("/v1/model").json()["learner"]
+
+
+def _post(client: httpx.Client, records: list[dict[str, str]]) -> None:
+    for start in range(0, len(records), 100):
+        chunk = records[start : start + 100]
+        examples = [{"text": r["text"], "label": r["label"], "id": uuid.uuid4().hex} for r in chunk]
+        client.post("/v1/feedback", json={"examples": examples}).raise_for_status()
+
+
+# --- shared pieces -----------------------------------------------------------------------------------
+
+
+def _model_dir(scratch: Path, quick: bool) -> str:
+    if not quick:
+        return str(default_model_path())
+    directory = scratch / "tiny-model"
+    tokenizer, encoder = tiny_bert(seed=0)
+    tokenizer.save_pretrained(directory)
+    encoder.save_pretrained(directory)
+    return str(directory)
+
+
+def _training_records(count: int) -> list[dict[str, str]]:
+    """News topics and encyclopedia categories, interleaved, so every micro-batch holds several labels."""
+    half = -(-count // 2)
+    pairs = zip(read_split("agnews", "train", half), read_split("dbpedia", "train", half), strict=True)
+    return [record for pair in pairs for record in pair][:count]
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """Peak resident memory of a live process (VmHWM), in MiB."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def _percentile(values: list[float], percent: int) -> float:
+    if len(values) < 2:
+        return values[0]
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[percent - 1] if percent < 100 else max(values)
+    )
+
+
+def print_summary(result: dict[str, Any]) -> None:
+    print(f"model {result['model']}, {result['machine']}")
+    for key, checked in result["aims"].items():
+        mark = "met" if checked["met"] else "MISSED"
+        print(f"  {key:<26}{checked['value']:>10.3f}   aim {checked['aim']:<28}{mark}")
+    for key in ("predict_p99_ms", "freshness_s", "learner_rss_mb", "api_rss_mb"):
+        print(f"  {key:<26}{result[key]:>10.3f}")
+
+
+if __name__ == "__main__":
+    main()

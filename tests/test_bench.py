@@ -1,0 +1,75 @@
+"""The benchmark commands' quick variants run end to end and write results a reader can trust."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import cl_stream, speed
+from learner.forgetting import task_metrics
+
+
+@pytest.fixture(autouse=True)
+def torch_threads() -> Iterator[None]:
+    """The commands set torch's thread count for the process; later tests get theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cl_stream_quick_writes_a_matrix_and_metrics_per_strategy(
+    tmp_path: Path, cl_stream_dir: Path
+) -> None:
+    out = tmp_path / "cl_{order}.json"
+    specs = "sgd,migu@quantile=0.5,replay,joint"
+    cl_stream.main(["--quick", "--data", str(cl_stream_dir), "--strategies", specs, "--out", str(out)])
+    result = json.loads((tmp_path / "cl_order1.json").read_text())
+    assert result["order"] == "order1" and result["tasks"] == ["dbpedia", "amazon", "agnews", "yelp"]
+    assert list(result["strategies"]) == specs.split(",")
+    for spec, row in result["strategies"].items():
+        assert len(row["matrix"]) == 4 and all(len(line) == 4 for line in row["matrix"]), spec
+        assert all(0.0 <= value <= 1.0 for line in row["matrix"] for value in line)
+        metrics = task_metrics(row["matrix"])
+        assert (row["aa"], row["forgetting"], row["bwt"]) == (metrics.aa, metrics.forgetting, metrics.bwt)
+        assert row["examples_per_s"] > 0 and row["loss"] in ("ce", "ace") and row["head"] == "linear"
+    assert result["strategies"]["migu@quantile=0.5"]["settings"]["quantile"] == 0.5
+    assert result["strategies"]["joint"]["joint"] and result["strategies"]["joint"]["strategy"] == "sgd"
+    # Before the stream reaches a task whose labels are new, that task cannot score.
+    assert [line[2] for line in result["strategies"]["sgd"]["matrix"][:2]] == [0.0, 0.0]
+    assert (tmp_path / "cl_order1.png").stat().st_size > 10_000
+
+
+def test_cl_stream_refuses_an_unknown_setting(cl_stream_dir: Path) -> None:
+    with pytest.raises(SystemExit, match="settable are"):
+        cl_stream.main(["--quick", "--data", str(cl_stream_dir), "--strategies", "migu@colour=red"])
+
+
+def test_speed_quick_measures_every_figure_against_its_reference(tmp_path: Path, cl_stream_dir: Path) -> None:
+    out = tmp_path / "speed.json"
+    speed.main(["--quick", "--out", str(out)])
+    result = json.loads(out.read_text())
+    figures = [
+        "learner_vs_bare",
+        "migu_vs_sgd_step",
+        "predict_p50_ms",
+        "predict_p99_ms",
+        "bare_forward_ms",
+        "throughput_vs_bare",
+        "p99_learning_vs_paused",
+        "ingest_vs_xadd",
+        "freshness_s",
+        "learner_rss_mb",
+        "api_rss_mb",
+    ]
+    for key in figures:
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    assert result["commit"] and result["predict_p99_ms"] >= result["predict_p50_ms"]
+    assert set(result["aims"]) == {*speed.AIMS, "predict_p50_ms"}
+    details = result["details"]
+    assert details["learning_service"]["requests_learning"] > 0
+    assert details["learning_service"]["requests_paused"] > 0
