@@ -29,7 +29,6 @@ import contextlib
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -105,15 +104,7 @@ class FsspecSnapshotStore(SnapshotStore):
     def _exists(self, snapshot_id: str) -> bool:
         return self.fs.isdir(self._directory(snapshot_id))
 
-    def _write(
-        self,
-        payload: dict[str, bytes],
-        files: dict[str, dict[str, Any]],
-        info: dict[str, Any],
-        parent: str | None,
-        version: int | None,
-    ) -> Manifest:
-        manifest = self._new_manifest(files, info, parent, version)
+    def _write(self, manifest: Manifest, payload: dict[str, bytes]) -> None:
         directory = self._directory(manifest.id)
         try:
             self.fs.makedirs(directory, exist_ok=True)
@@ -124,7 +115,6 @@ class FsspecSnapshotStore(SnapshotStore):
             with contextlib.suppress(OSError):
                 self.fs.rm(directory, recursive=True)
             raise
-        return manifest
 
     def _replace_manifest(self, snapshot_id: str, data: bytes) -> None:
         tmp = self._file(snapshot_id, f".{MANIFEST_FILE}.{secrets.token_hex(4)}.tmp")

@@ -250,7 +250,8 @@ class SnapshotStore:
         try:
             with self._locked():
                 self._remove_stale()
-                manifest = self._write(payload, files, info_json, parent, version)
+                manifest = self._new_manifest(files, info_json, parent, version)
+                self._write(manifest, payload)
                 try:
                     self._prune(self.best_key, protect=manifest.id)
                 except OSError as exc:
@@ -399,15 +400,7 @@ class SnapshotStore:
             files=files,
         )
 
-    def _write(
-        self,
-        payload: dict[str, bytes],
-        files: dict[str, dict[str, Any]],
-        info: dict[str, Any],
-        parent: str | None,
-        version: int | None,
-    ) -> Manifest:
-        manifest = self._new_manifest(files, info, parent, version)
+    def _write(self, manifest: Manifest, payload: dict[str, bytes]) -> None:
         snapshot_id = manifest.id
         tmp = self.root / f"{_TMP_PREFIX}{snapshot_id}-{secrets.token_hex(4)}"
         final = self.root / snapshot_id
@@ -429,7 +422,6 @@ class SnapshotStore:
             with contextlib.suppress(OSError):
                 _discard(self.root, snapshot_id)
             raise
-        return manifest
 
     def _ids(self) -> list[str]:
         """Ids of all snapshot directories (complete or not), newest first."""

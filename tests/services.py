@@ -15,6 +15,17 @@ import httpx
 
 from streams.connection import connect, stop_embedded
 
+# A learner that trains, snapshots and publishes within about a second, for tests that wait on it.
+QUICK_LEARNER: dict[str, object] = {
+    "batch_size": 8,
+    "batch_wait_s": 0.2,
+    "snapshot_every": 4,
+    "snapshot_every_s": 1,
+    "publish_every_s": 0.5,
+    "learning_rate": 1e-3,
+    "lease_ttl_ms": 2000,
+}
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -18,7 +18,7 @@ from streams.keys import StreamKeys
 from streams.notify import latest_version
 from tests.conftest import TEST_REDIS_URL
 from tests.polling import eventually
-from tests.services import learner_and_replicas
+from tests.services import QUICK_LEARNER, learner_and_replicas
 from tests.test_api import ADMIN, LABELS, call, examples
 
 
@@ -44,13 +44,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> I
         key_prefix=name,
         model_name=name,
         api_keys=f"{ADMIN}:admin",
-        batch_size=8,
-        batch_wait_s=0.2,
-        snapshot_every=4,
-        snapshot_every_s=1,
-        publish_every_s=0.5,
-        learning_rate=1e-3,
-        lease_ttl_ms=2000,
+        **QUICK_LEARNER,
         snapshot_keep=50,
     ) as replicas:
         client = connect(TEST_REDIS_URL, data_dir)
