@@ -197,7 +197,9 @@ class SnapshotStore:
     """Directory of snapshots with atomic saves, hash-verified loads and retention.
 
     Several stores (also in other processes) may share one root: writers serialise on a lock file in
-    the root, readers need no lock because snapshots only ever appear and disappear by rename.
+    the root, readers need no lock because snapshots only ever appear and disappear by rename. Only `_open`,
+    `_ids`, `max_version`, `_read`, `_exists`, `_write`, `_replace_manifest`, `_discard`, `_locked` and
+    `_remove_stale` touch storage; `FsspecSnapshotStore` replaces them for a URL.
     """
 
     def __init__(self, root: Path | str, keep: int = 5, best_key: str = "mean_accuracy") -> None:
