@@ -25,6 +25,7 @@ def doctor_report(settings: Settings) -> list[tuple[str, str]]:
     rows.append(("redis", f"{where} (server {server_version(client)})"))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     rows.append(("data dir", str(settings.data_dir.resolve())))
+    rows.append(("snapshots", str(settings.snapshot_dir)))
     rows.append(("free disk", f"{shutil.disk_usage(settings.data_dir).free / 2**30:.1f} GiB"))
     return rows
 

@@ -16,7 +16,7 @@ from app.settings import Settings
 from learner.encoder import load_encoder
 from learner.loop import LearnerLoop
 from learner.online import OnlineLearner
-from learner.snapshots import SnapshotStore
+from learner.snapshots import open_snapshot_store
 from streams.connection import connect
 
 
@@ -47,7 +47,7 @@ def _stop_when_orphaned(parent_pid: int, stop: threading.Event, every_s: float =
 
 def _learner_loop(settings: Settings, client: redis.Redis) -> LearnerLoop:
     tokenizer, encoder = load_encoder(settings.model)
-    store = SnapshotStore(settings.snapshot_dir, keep=settings.snapshot_keep)
+    store = open_snapshot_store(settings.snapshot_dir, keep=settings.snapshot_keep)
     learner = OnlineLearner(tokenizer, encoder, settings.learner_config(), store=store)
     return LearnerLoop(
         learner,
@@ -58,6 +58,6 @@ def _learner_loop(settings: Settings, client: redis.Redis) -> LearnerLoop:
         config=settings.loop_config(),
         lease_ttl_ms=settings.lease_ttl_ms,
         max_deliveries=settings.max_deliveries,
-        published=SnapshotStore(settings.published_dir, keep=2),
+        published=open_snapshot_store(settings.published_dir, keep=2),
         limits=settings.record_limits(),
     )

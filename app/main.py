@@ -44,7 +44,7 @@ from app.schemas import (
 from app.serving import ModelHolder, ServedModel
 from app.settings import Settings
 from learner.classifier import Prediction
-from learner.snapshots import SnapshotStore
+from learner.snapshots import open_snapshot_store
 from streams.connection import connect
 from streams.control import Control, learner_state
 from streams.notify import read_counters, recent_evaluations
@@ -66,7 +66,9 @@ def create_app(settings: Settings) -> FastAPI:
     """The API for one model, sharing Redis and the snapshot directory with its learner."""
     keys = settings.stream_keys()
     holder = ModelHolder(
-        settings.model, SnapshotStore(settings.snapshot_dir), SnapshotStore(settings.published_dir, keep=2)
+        settings.model,
+        open_snapshot_store(settings.snapshot_dir),
+        open_snapshot_store(settings.published_dir, keep=2),
     )
     limits = Limits(settings.max_inputs, settings.max_examples, settings.max_text_chars)
     metrics = ApiMetrics()

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.auth import parse_api_keys, read_key_file
 from learner.encoder import default_model_path, looks_like_path
 from learner.forgetting import AlarmPolicy
+from learner.fsspec_snapshots import check_snapshot_url
 from learner.loop import LoopConfig
 from learner.online import LearnerConfig
 from learner.strategies import Strategy
@@ -41,6 +42,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         Path("retentive-data"),
         description="Directory for snapshots and the embedded Redis files.",
+    )
+    snapshot_url: str = Field(
+        "",
+        description="Where snapshots and published weights live when not in the data directory: an fsspec "
+        "URL shared by the learner and every replica (s3://bucket/prefix with s3fs installed, gs://, "
+        "file:///mnt/shared). Empty: under the data directory.",
     )
     redis_url: str = Field(
         "",
@@ -202,6 +209,13 @@ class Settings(BaseSettings):
     def _known_strategy(cls, value: str) -> str:
         return Strategy.parse(value).name
 
+    @field_validator("snapshot_url")
+    @classmethod
+    def _known_filesystem(cls, value: str) -> str:
+        if value:
+            check_snapshot_url(value)
+        return value
+
     @field_validator("model")
     @classmethod
     def _model_dir_exists(cls, value: str) -> str:
@@ -229,13 +243,19 @@ class Settings(BaseSettings):
         return StreamKeys(self.key_prefix, self.model_name)
 
     @property
-    def snapshot_dir(self) -> Path:
-        return self.data_dir / "snapshots" / self.model_name
+    def snapshot_dir(self) -> Path | str:
+        """Where this model's snapshots live: a path, or a URL under RETENTIVE_SNAPSHOT_URL."""
+        return self._snapshot_location("snapshots")
 
     @property
-    def published_dir(self) -> Path:
+    def published_dir(self) -> Path | str:
         """Weights published for serving between snapshots (not used to recover)."""
-        return self.data_dir / "published" / self.model_name
+        return self._snapshot_location("published")
+
+    def _snapshot_location(self, kind: str) -> Path | str:
+        if self.snapshot_url:
+            return f"{self.snapshot_url.rstrip('/')}/{kind}/{self.model_name}"
+        return self.data_dir / kind / self.model_name
 
     def learner_config(self) -> LearnerConfig:
         return LearnerConfig(

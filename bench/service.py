@@ -1,4 +1,5 @@
-"""Real `retentive` processes on a free port: their environment, starting them, waiting until ready."""
+"""Real `retentive` processes on a free port: their environment, one service or a learner with API replicas,
+and waiting until they are ready."""
 
 from __future__ import annotations
 
@@ -12,7 +13,18 @@ from pathlib import Path
 
 import httpx
 
-from streams.connection import stop_embedded
+from streams.connection import connect, stop_embedded
+
+# A learner that trains, snapshots and publishes within about a second, for tests that wait on it.
+QUICK_LEARNER: dict[str, object] = {
+    "batch_size": 8,
+    "batch_wait_s": 0.2,
+    "snapshot_every": 4,
+    "snapshot_every_s": 1,
+    "publish_every_s": 0.5,
+    "learning_rate": 1e-3,
+    "lease_ttl_ms": 2000,
+}
 
 
 def eventually(check: Callable[[], bool], timeout: float, what: str, every: float = 0.1) -> None:
@@ -45,7 +57,8 @@ def wait_ready(base: str, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"serve exited: {process.stdout.read().decode()}")
+            output = process.stdout.read().decode() if process.stdout else "see its log"
+            raise AssertionError(f"serve exited: {output}")
         try:
             if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
                 return
@@ -72,4 +85,46 @@ def serving(data_dir: Path, *args: str, **settings: object) -> Iterator[tuple[st
     finally:
         process.terminate()
         process.wait(timeout=90)
+        stop_embedded(data_dir)
+
+
+@contextlib.contextmanager
+def learner_and_replicas(data_dir: Path, replicas: int, **settings: object) -> Iterator[list[str]]:
+    """One `retentive learn` and `replicas` x `retentive serve --no-learner`, all with `settings` and sharing
+    `data_dir` (and its embedded Redis unless `redis_url` is given), until the block ends: the replicas' base
+    URLs. Each process logs to `data_dir/logs/`. Once they stop, the keys under `key_prefix` are deleted."""
+    env = service_env(data_dir, **settings)
+    logs = data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def start(name: str, command: list[str], **extra: str) -> subprocess.Popen:
+        with (logs / f"{name}.log").open("wb") as log:
+            return subprocess.Popen(command, env={**env, **extra}, stdout=log, stderr=subprocess.STDOUT)
+
+    processes = [start("learner", ["retentive", "learn"])]
+    bases = []
+    try:
+        for index in range(replicas):
+            port = free_port()
+            processes.append(
+                start(f"replica-{index}", ["retentive", "serve", "--no-learner"], RETENTIVE_PORT=str(port))
+            )
+            bases.append(f"http://127.0.0.1:{port}")
+            try:
+                wait_ready(bases[-1], processes[-1])
+            except AssertionError as err:
+                raise AssertionError(
+                    f"{err}: {(logs / f'replica-{index}.log').read_text()[-2000:]}"
+                ) from None
+        yield bases
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=60)
+        if "key_prefix" in settings:
+            client = connect(str(settings.get("redis_url", "")), data_dir)
+            for key in client.scan_iter(match=f"{settings['key_prefix']}*"):
+                client.delete(key)
+            client.close()
         stop_embedded(data_dir)

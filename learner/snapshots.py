@@ -7,6 +7,9 @@ state, and ``manifest.json``, written last, recording the sha256 and size of eve
 Each snapshot is assembled in a hidden temp directory and renamed into place, so a crash at any moment
 leaves either a complete snapshot or a dot-directory that listing ignores and the next save removes.
 Nothing in a snapshot is unpickled: tensors are safetensors, everything else is JSON.
+
+`open_snapshot_store` takes a local path (this module's store) or an fsspec URL such as ``s3://bucket/x``
+(`learner.fsspec_snapshots`, the same format written without renames or locks).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ _RESERVED_NAMES = frozenset({STATE, "manifest"})
 _TMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
 _LOCK_FILE = ".lock"
+_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class SnapshotError(Exception):
@@ -116,6 +120,10 @@ class Manifest:
         """JSON-ready form, as stored in manifest.json."""
         return {"format": _FORMAT, **dataclasses.asdict(self)}
 
+    def to_json(self) -> bytes:
+        """The bytes of manifest.json."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True).encode()
+
     @classmethod
     def from_dict(cls, data: Any) -> Manifest:
         """Parse and validate a manifest.json document; raises ValueError if it is malformed."""
@@ -171,19 +179,39 @@ class Snapshot:
         return self.manifest.id
 
 
+def is_url(location: Path | str) -> bool:
+    """Whether a snapshot location is a URL (``scheme://...``) rather than a local path."""
+    return isinstance(location, str) and _URL_RE.match(location) is not None
+
+
+def open_snapshot_store(location: Path | str, keep: int = 5) -> SnapshotStore:
+    """The store at a local path, or at an fsspec URL (``s3://bucket/prefix``, ``file:///shared``)."""
+    if is_url(location):
+        from learner.fsspec_snapshots import FsspecSnapshotStore
+
+        return FsspecSnapshotStore(location, keep=keep)
+    return SnapshotStore(location, keep=keep)
+
+
 class SnapshotStore:
     """Directory of snapshots with atomic saves, hash-verified loads and retention.
 
     Several stores (also in other processes) may share one root: writers serialise on a lock file in
-    the root, readers need no lock because snapshots only ever appear and disappear by rename.
+    the root, readers need no lock because snapshots only ever appear and disappear by rename. Only `_open`,
+    `_ids`, `max_version`, `_read`, `_exists`, `_write`, `_replace_manifest`, `_discard`, `_locked` and
+    `_remove_stale` touch storage; `FsspecSnapshotStore` replaces them for a URL.
     """
 
     def __init__(self, root: Path | str, keep: int = 5, best_key: str = "mean_accuracy") -> None:
         if keep < 1:
             raise ValueError("keep must be at least 1")
-        self.root = Path(root)
         self.keep = keep
         self.best_key = best_key
+        self.location = str(root)
+        self._open(root)
+
+    def _open(self, root: Path | str) -> None:
+        self.root = Path(root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -224,14 +252,15 @@ class SnapshotStore:
         try:
             with self._locked():
                 self._remove_stale()
-                manifest = self._write(payload, files, info_json, parent, version)
+                manifest = self._new_manifest(files, info_json, parent, version)
+                self._write(manifest, payload)
                 try:
                     self._prune(self.best_key, protect=manifest.id)
                 except OSError as exc:
                     # The snapshot itself is durable; a failed cleanup must not report the save as lost.
                     log.warning("snapshot %s saved but pruning failed: %s", manifest.id, exc)
         except OSError as exc:
-            raise SnapshotError(f"could not save snapshot in {self.root}: {exc}") from exc
+            raise SnapshotError(f"could not save snapshot in {self.location}: {exc}") from exc
         return manifest
 
     def list(self) -> list[Manifest]:
@@ -314,20 +343,13 @@ class SnapshotStore:
     def pin(self, snapshot_id: str, pinned: bool = True) -> None:
         """Set or clear the pinned flag; pinned snapshots are never pruned."""
         check_snapshot_id(snapshot_id)
-        directory = self.root / snapshot_id
-        tmp = directory / f".{MANIFEST_FILE}.{secrets.token_hex(4)}.tmp"
         try:
             with self._locked():
                 manifest = self._read_manifest(snapshot_id)
                 if manifest.pinned == pinned:
                     return
                 updated = dataclasses.replace(manifest, pinned=pinned)
-                try:
-                    _write_file(tmp, _manifest_bytes(updated))
-                    os.replace(tmp, directory / MANIFEST_FILE)
-                finally:
-                    tmp.unlink(missing_ok=True)
-                _fsync_dir(directory)
+                self._replace_manifest(snapshot_id, updated.to_json())
         except OSError as exc:
             raise SnapshotError(
                 f"could not update pin of snapshot {snapshot_id}: {exc}", snapshot_id
@@ -344,7 +366,7 @@ class SnapshotStore:
             with self._locked():
                 return self._prune(best_key or self.best_key)
         except OSError as exc:
-            raise SnapshotError(f"could not prune snapshots in {self.root}: {exc}") from exc
+            raise SnapshotError(f"could not prune snapshots in {self.location}: {exc}") from exc
 
     def _prune(self, best_key: str, protect: str | None = None) -> list[str]:
         manifests = self.list()
@@ -357,17 +379,12 @@ class SnapshotStore:
         removed = []
         for manifest in manifests:
             if manifest.id not in kept:
-                _discard(self.root, manifest.id)
+                self._discard(manifest.id)
                 removed.append(manifest.id)
         return removed
 
-    def _write(
-        self,
-        payload: dict[str, bytes],
-        files: dict[str, dict[str, Any]],
-        info: dict[str, Any],
-        parent: str | None,
-        version: int | None,
+    def _new_manifest(
+        self, files: dict[str, dict[str, Any]], info: dict[str, Any], parent: str | None, version: int | None
     ) -> Manifest:
         newest = self.max_version()
         if version is None:
@@ -376,10 +393,17 @@ class SnapshotStore:
             raise ValueError(f"version {version} is not above the newest snapshot's ({newest})")
         created_at = datetime.now(UTC).isoformat()
         digest = hashlib.sha256(json.dumps([version, created_at, files], sort_keys=True).encode()).hexdigest()
-        snapshot_id = f"{version:08d}-{digest[:12]}"
-        manifest = Manifest(
-            id=snapshot_id, version=version, parent=parent, created_at=created_at, info=info, files=files
+        return Manifest(
+            id=f"{version:08d}-{digest[:12]}",
+            version=version,
+            parent=parent,
+            created_at=created_at,
+            info=info,
+            files=files,
         )
+
+    def _write(self, manifest: Manifest, payload: dict[str, bytes]) -> None:
+        snapshot_id = manifest.id
         tmp = self.root / f"{_TMP_PREFIX}{snapshot_id}-{secrets.token_hex(4)}"
         final = self.root / snapshot_id
         tmp.mkdir()
@@ -387,7 +411,7 @@ class SnapshotStore:
             for name, data in payload.items():
                 _write_file(tmp / name, data)
             # Written last: a manifest vouches for files that are already on disk.
-            _write_file(tmp / MANIFEST_FILE, _manifest_bytes(manifest))
+            _write_file(tmp / MANIFEST_FILE, manifest.to_json())
             _fsync_dir(tmp)
             os.rename(tmp, final)
         except BaseException:
@@ -400,7 +424,6 @@ class SnapshotStore:
             with contextlib.suppress(OSError):
                 _discard(self.root, snapshot_id)
             raise
-        return manifest
 
     def _ids(self) -> list[str]:
         """Ids of all snapshot directories (complete or not), newest first."""
@@ -408,19 +431,37 @@ class SnapshotStore:
             entries = [e.name for e in os.scandir(self.root) if _ID_RE.fullmatch(e.name) and e.is_dir()]
         except FileNotFoundError:
             return []
-        return sorted(entries, key=lambda n: (int(n.split("-")[0]), n), reverse=True)
+        return newest_first(entries)
 
     def max_version(self) -> int:
         """Version of the newest snapshot directory (complete or not), 0 when there is none."""
         ids = self._ids()
-        return int(ids[0].split("-")[0]) if ids else 0
+        return version_of(ids[0]) if ids else 0
+
+    def _read(self, snapshot_id: str, file_name: str) -> bytes:
+        return (self.root / snapshot_id / file_name).read_bytes()
+
+    def _exists(self, snapshot_id: str) -> bool:
+        return (self.root / snapshot_id).is_dir()
+
+    def _replace_manifest(self, snapshot_id: str, data: bytes) -> None:
+        directory = self.root / snapshot_id
+        tmp = directory / f".{MANIFEST_FILE}.{secrets.token_hex(4)}.tmp"
+        try:
+            _write_file(tmp, data)
+            os.replace(tmp, directory / MANIFEST_FILE)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(directory)
+
+    def _discard(self, snapshot_id: str) -> None:
+        _discard(self.root, snapshot_id)
 
     def _read_manifest(self, snapshot_id: str) -> Manifest:
-        directory = self.root / snapshot_id
         try:
-            raw = (directory / MANIFEST_FILE).read_bytes()
+            raw = self._read(snapshot_id, MANIFEST_FILE)
         except FileNotFoundError as exc:
-            if not directory.is_dir():
+            if not self._exists(snapshot_id):
                 raise SnapshotNotFoundError(f"snapshot {snapshot_id} not found", snapshot_id) from exc
             raise SnapshotError(
                 f"snapshot {snapshot_id} is incomplete: no {MANIFEST_FILE}", snapshot_id
@@ -445,7 +486,7 @@ class SnapshotStore:
         if entry is None:
             raise SnapshotError(f"snapshot {snapshot_id}: manifest lists no {file_name}", snapshot_id)
         try:
-            data = (self.root / snapshot_id / file_name).read_bytes()
+            data = self._read(snapshot_id, file_name)
         except FileNotFoundError as exc:
             raise SnapshotError(f"snapshot {snapshot_id}: {file_name} is missing", snapshot_id) from exc
         except OSError as exc:
@@ -477,6 +518,16 @@ class SnapshotStore:
         for entry in os.scandir(self.root):
             if entry.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)) and entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def version_of(snapshot_id: str) -> int:
+    """The version a snapshot id starts with."""
+    return int(snapshot_id.split("-")[0])
+
+
+def newest_first(snapshot_ids: Iterable[str]) -> list[str]:
+    """Snapshot ids sorted by version, newest first (ties broken by the id, for a stable order)."""
+    return sorted(snapshot_ids, key=lambda n: (version_of(n), n), reverse=True)
 
 
 def _serialize(
@@ -518,10 +569,6 @@ def _best(manifests: list[Manifest], key: str) -> Manifest | None:
         and math.isfinite(m.info[key])
     ]
     return max(scored, key=lambda s: (s[0], s[1]))[2] if scored else None
-
-
-def _manifest_bytes(manifest: Manifest) -> bytes:
-    return json.dumps(manifest.to_dict(), indent=2, sort_keys=True).encode()
 
 
 def _write_file(path: Path, data: bytes) -> None:

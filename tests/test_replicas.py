@@ -3,7 +3,6 @@ directory. New versions and rollbacks reach both replicas."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,12 +13,12 @@ import httpx
 import pytest
 import redis
 
-from streams.connection import connect, stop_embedded
+from streams.connection import connect
 from streams.keys import StreamKeys
 from streams.notify import latest_version
 from tests.conftest import TEST_REDIS_URL
 from tests.polling import eventually
-from tests.services import free_port, service_env, wait_ready
+from tests.services import QUICK_LEARNER, learner_and_replicas
 from tests.test_api import ADMIN, LABELS, call, examples
 
 
@@ -37,47 +36,22 @@ class Cluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Cluster]:
     data_dir = tmp_path_factory.mktemp("cluster")
     name = f"rt-test-{uuid.uuid4().hex[:12]}"
-    env = service_env(
+    with learner_and_replicas(
         data_dir,
+        2,
         model=tiny_model_dir,
         redis_url=TEST_REDIS_URL,
         key_prefix=name,
         model_name=name,
         api_keys=f"{ADMIN}:admin",
-        batch_size=8,
-        batch_wait_s=0.2,
-        snapshot_every=4,
-        snapshot_every_s=1,
-        publish_every_s=0.5,
-        learning_rate=1e-3,
-        lease_ttl_ms=2000,
+        **QUICK_LEARNER,
         snapshot_keep=50,
-    )
-    processes = [subprocess.Popen(["retentive", "learn"], env=env, stderr=subprocess.DEVNULL)]
-    replicas = []
-    client = connect(TEST_REDIS_URL, data_dir)
-    try:
-        for _ in range(2):
-            port = free_port()
-            replica = subprocess.Popen(
-                ["retentive", "serve", "--no-learner"],
-                env={**env, "RETENTIVE_PORT": str(port)},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
-            processes.append(replica)
-            replicas.append(f"http://127.0.0.1:{port}")
-            wait_ready(replicas[-1], replica)
-        yield Cluster(replicas, client, StreamKeys(name, name))
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=60)
-        for key in client.scan_iter(match=f"{name}*"):
-            client.delete(key)
-        client.close()
-        stop_embedded(data_dir)
+    ) as replicas:
+        client = connect(TEST_REDIS_URL, data_dir)
+        try:
+            yield Cluster(replicas, client, StreamKeys(name, name))
+        finally:
+            client.close()
 
 
 def both_reach(cluster: Cluster, version: int, within_s: float) -> float:
