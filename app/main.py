@@ -11,7 +11,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 
@@ -29,7 +29,7 @@ from app.auth import Scope, parse_api_keys, require
 from app.batching import PredictBatcher
 from app.errors import ApiError, error_response
 from app.limits import BodySizeLimit, Limits
-from app.metrics import ApiMetrics
+from app.metrics import ApiMetrics, RequestMetrics
 from app.pressure import LatencyWindow, report_pressure
 from app.schemas import (
     ErrorBody,
@@ -115,19 +115,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.keys = keys
     app.state.holder = holder
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)
     _install_error_handlers(app)
     app.include_router(admin_router)
-
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        began = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = route.path if route is not None else "unmatched"
-        metrics.latency.labels(path, str(response.status_code)).observe(time.perf_counter() - began)
-        if path == "/v1/feedback" and response.status_code >= 400:
-            metrics.feedback.labels("refused").inc()
-        return response
 
     @app.get("/healthz", summary="The process is up")
     async def healthz() -> dict[str, str]:

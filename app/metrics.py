@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class ApiMetrics:
@@ -75,3 +77,38 @@ class ApiMetrics:
                 self.probe_accuracy.labels(probe["name"]).set(probe["accuracy"])
             if probe.get("forgetting") is not None:
                 self.probe_forgetting.labels(probe["name"]).set(probe["forgetting"])
+
+
+class RequestMetrics:
+    """ASGI middleware: latency per route and status, and refused feedback requests.
+
+    Plain ASGI rather than an `@app.middleware` function, which would wrap every response in a stream and
+    a task group of its own: on a one-text prediction that cost more than the model's forward pass.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            # The router records the matched route in the scope it was given.
+            route = scope.get("route")
+            path = route.path if route is not None else "unmatched"
+            self.metrics.latency.labels(path, str(status)).observe(time.perf_counter() - began)
+            if path == "/v1/feedback" and status >= 400:
+                self.metrics.feedback.labels("refused").inc()
