@@ -161,7 +161,11 @@ class Settings(BaseSettings):
         32, gt=0, le=4096, description="Most texts the API classifies in one forward pass (dynamic batching)."
     )
     predict_max_wait_ms: float = Field(
-        5.0, ge=0, le=1000, description="Longest wait for more predict requests to fill a batch."
+        0.0,
+        ge=0,
+        le=1000,
+        description="Longest wait for more predict requests to fill a batch. At 0 a request that finds the "
+        "model idle runs at once, and the requests that arrive while a batch runs form the next one.",
     )
     backoff_queue: int = Field(
         _LOOP.backoff_queue,
