@@ -107,6 +107,8 @@ def create_app(settings: Settings) -> FastAPI:
         reporter.cancel()
         await batcher.close()
         stop.set()
+        # The follower reads from Redis; closing the connection under it would fail its last read.
+        await asyncio.to_thread(follower.join, 5)
         app.state.redis.close()
 
     app = FastAPI(title="retentive", version=version("retentive"), lifespan=lifespan)

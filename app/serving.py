@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 import redis
@@ -91,16 +92,22 @@ class ModelHolder:
     def follow(
         self, client: redis.Redis, keys: StreamKeys, stop: threading.Event, check_s: float = 5.0
     ) -> None:
-        """Refresh on every version announcement, and every `check_s` in case one was missed."""
+        """Refresh on every version announcement, and every `check_s` in case one was missed.
+
+        Waits for announcements a second at a time, so that a set `stop` ends it within about a second."""
         pubsub = None
+        next_check = time.monotonic() + check_s
         while not stop.is_set():
             try:
                 pubsub = pubsub or subscribe_versions(client, keys)
-                pubsub.get_message(timeout=check_s)
+                announced = pubsub.get_message(timeout=1.0) is not None
             except redis.RedisError as err:
                 log.warning("version announcements unavailable: %s", err)
                 pubsub = None
+                announced = False
                 stop.wait(check_s)
-            self.refresh()
+            if announced or time.monotonic() >= next_check:
+                self.refresh()
+                next_check = time.monotonic() + check_s
         if pubsub is not None:
             pubsub.close()
