@@ -13,10 +13,10 @@ that is the accuracy matrix, matrix[i][j] = accuracy on task j after the stream 
 A task none of whose labels the head holds yet scores 0.0 without being run. `joint` learns the shuffled
 union of all tasks (the upper bound, not a continual method), evaluated after each quarter of its stream.
 
-A strategy may carry its own settings after `@`: `migu@loss=ce,lr=3e-4,quantile=0.5`; the global flags are
-the defaults. The spec as written names the row in the result file, which also lists each row's strategy,
-loss, head and settings. One JSON file per order, with a heatmap per row and a bar chart of AA and forgetting
-beside it (same name, `.png`).
+A strategy may carry its own settings, each after an `@`: `migu@loss=ce@lr=3e-4@quantile=0.5`; the global
+flags are the defaults. The spec as written names the row in the result file, which also lists each row's
+strategy, loss, head and settings. One JSON file per order, with a heatmap per row and a bar chart of AA and
+forgetting beside it (same name, `.png`).
 """
 
 from __future__ import annotations
@@ -74,10 +74,10 @@ class Task:
 
 
 def parse_run(spec: str, defaults: LearnerConfig) -> Run:
-    """`NAME[@key=value,...]`; `joint` trains plain fine-tuning (or the strategy given as `strategy=`)."""
-    name, _, options = spec.partition("@")
+    """`NAME[@key=value...]`; `joint` trains plain fine-tuning (or the strategy given as `strategy=`)."""
+    name, *options = spec.split("@")
     overrides: dict[str, Any] = {}
-    for option in filter(None, options.split(",")):
+    for option in options:
         key, sep, value = option.partition("=")
         if key == "strategy" and name == JOINT:
             overrides["strategy"] = value

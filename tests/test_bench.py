@@ -26,7 +26,7 @@ def test_cl_stream_quick_writes_a_matrix_and_metrics_per_strategy(
     tmp_path: Path, cl_stream_dir: Path
 ) -> None:
     out = tmp_path / "cl_{order}.json"
-    specs = "sgd,migu@quantile=0.5,replay,joint"
+    specs = "sgd,migu@quantile=0.5@lr=2e-4,replay,joint"
     cl_stream.main(["--quick", "--data", str(cl_stream_dir), "--strategies", specs, "--out", str(out)])
     result = json.loads((tmp_path / "cl_order1.json").read_text())
     assert result["order"] == "order1" and result["tasks"] == ["dbpedia", "amazon", "agnews", "yelp"]
@@ -37,7 +37,8 @@ def test_cl_stream_quick_writes_a_matrix_and_metrics_per_strategy(
         metrics = task_metrics(row["matrix"])
         assert (row["aa"], row["forgetting"], row["bwt"]) == (metrics.aa, metrics.forgetting, metrics.bwt)
         assert row["examples_per_s"] > 0 and row["loss"] in ("ce", "ace") and row["head"] == "linear"
-    assert result["strategies"]["migu@quantile=0.5"]["settings"]["quantile"] == 0.5
+    settings = result["strategies"]["migu@quantile=0.5@lr=2e-4"]["settings"]
+    assert (settings["quantile"], settings["lr"]) == (0.5, 2e-4)
     assert result["strategies"]["joint"]["joint"] and result["strategies"]["joint"]["strategy"] == "sgd"
     # Before the stream reaches a task whose labels are new, that task cannot score.
     assert [line[2] for line in result["strategies"]["sgd"]["matrix"][:2]] == [0.0, 0.0]
