@@ -31,6 +31,7 @@ from app.errors import ApiError, error_response
 from app.limits import BodySizeLimit, Limits
 from app.metrics import ApiMetrics
 from app.pressure import LatencyWindow, report_pressure
+from app.reports import router as reports_router
 from app.schemas import (
     ErrorBody,
     FeedbackRequest,
@@ -115,6 +116,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     _install_error_handlers(app)
     app.include_router(admin_router)
+    app.include_router(reports_router)
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
