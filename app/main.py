@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.admin import router as admin_router
 from app.auth import Scope, parse_api_keys, require
 from app.batching import PredictBatcher
+from app.dashboard import router as dashboard_router
 from app.errors import ApiError, error_response
 from app.limits import BodySizeLimit, Limits
 from app.metrics import ApiMetrics
@@ -117,6 +118,7 @@ def create_app(settings: Settings) -> FastAPI:
     _install_error_handlers(app)
     app.include_router(admin_router)
     app.include_router(reports_router)
+    app.include_router(dashboard_router)
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
