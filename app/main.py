@@ -27,10 +27,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.admin import router as admin_router
 from app.auth import Scope, parse_api_keys, require
 from app.batching import PredictBatcher
+from app.dashboard import router as dashboard_router
 from app.errors import ApiError, error_response
 from app.limits import BodySizeLimit, Limits
 from app.metrics import ApiMetrics, RequestMetrics
 from app.pressure import LatencyWindow, report_pressure
+from app.reports import router as reports_router
 from app.schemas import (
     ErrorBody,
     FeedbackRequest,
@@ -120,6 +122,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=metrics)
     _install_error_handlers(app)
     app.include_router(admin_router)
+    app.include_router(reports_router)
+    app.include_router(dashboard_router)
 
     @app.get("/healthz", summary="The process is up")
     async def healthz() -> dict[str, str]:

@@ -85,13 +85,25 @@ class ForgettingSummary(Strict):
     )
 
 
+class AlarmReport(BaseModel):
+    probe: str = Field(description="The probe whose forgetting passed the threshold.")
+    forgetting: float = Field(
+        description="Its forgetting (best accuracy minus accuracy) when the alarm fired."
+    )
+    best_accuracy: float = Field(description="Its best accuracy so far at that time.")
+    accuracy: float = Field(description="Its accuracy at that evaluation.")
+    updates: int = Field(description="Learner updates at that evaluation.")
+    model_version: int = Field(description="Model version at that evaluation.")
+    at: str = Field(description="Time of that evaluation (ISO 8601, UTC).")
+
+
 class ForgettingResponse(Strict):
     model_version: int | None = Field(description="Model version at the latest evaluation; null before any.")
     updates: int | None = Field(description="Learner updates at the latest evaluation.")
     evaluated_at: str | None = Field(description="Time of the latest evaluation (ISO 8601, UTC).")
     summary: ForgettingSummary = Field(description="Forgetting over all probes.")
     probes: list[ProbeReport] = Field(description="Per probe: accuracy, best, forgetting, history.")
-    alarms: list[dict[str, Any]] = Field(
+    alarms: list[AlarmReport] = Field(
         description="Active alarms: probes whose forgetting passed the threshold."
     )
 
@@ -115,6 +127,59 @@ class ModelResponse(Strict):
 class LearnerStatus(Strict):
     learner: LearnerState = Field(description="running, paused, standby or absent; see GET /v1/model.")
     paused_reason: str | None = Field(description="Why learning is paused; null when it is not.")
+
+
+class LayerKeepRate(Strict):
+    layer: str = Field(description="A gated linear layer, by its module name.")
+    keep_rate: float = Field(description="Share of the layer's rows updated by the last step.")
+
+
+class LearnerReport(LearnerStatus):
+    strategy: str = Field(description="Update strategy of the learner (RETENTIVE_STRATEGY).")
+    migu_quantile: float = Field(
+        description="Rows below this per-layer quantile get no update (RETENTIVE_MIGU_QUANTILE)."
+    )
+    updates: int | None = Field(description="Learner updates so far; null before the learner reported any.")
+    updates_per_s: float | None = Field(description="Updates per second between the last two reports.")
+    examples_per_s: float | None = Field(
+        description="Examples trained per second between the last two reports."
+    )
+    keep_rate: float | None = Field(
+        description="Share of all gated rows updated by the last step; null without MIGU or before a step."
+    )
+    layers: list[LayerKeepRate] = Field(
+        description="Keep-rate per gated layer at the last step, in model order; empty without MIGU or "
+        "before the first step."
+    )
+
+
+class EvaluationColumn(Strict):
+    updates: int = Field(description="Learner updates at the evaluation.")
+    model_version: int = Field(description="Model version at the evaluation.")
+    evaluated_at: str = Field(description="Time of the evaluation (ISO 8601, UTC).")
+
+
+class AccuracyMatrix(Strict):
+    probes: list[str] = Field(description="Probe names, sorted: the rows of `accuracy`.")
+    evaluations: list[EvaluationColumn] = Field(description="Evaluations, oldest first: the columns.")
+    accuracy: list[list[float | None]] = Field(
+        description="accuracy[i][j]: accuracy of probe i at evaluation j; null where the probe was not "
+        "evaluated then."
+    )
+    alarms: list[AlarmReport] = Field(description="Alarms that fired at these evaluations, oldest first.")
+
+
+class VersionEvent(Strict):
+    version: int = Field(description="The model version published.")
+    snapshot_id: str = Field(description="The snapshot (or weights publication) that holds it.")
+    kind: str = Field(
+        description="snapshot (a full, recoverable snapshot) or weights (weights alone, published for "
+        "serving between snapshots)."
+    )
+    published_at: str = Field(description="When it was published (ISO 8601, UTC).")
+    rolled_back_to: str | None = Field(
+        description="The snapshot whose weights this version restored, when it followed a rollback."
+    )
 
 
 class RollbackOptions(Strict):

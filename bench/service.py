@@ -70,17 +70,26 @@ def wait_ready(base: str, process: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def serving(data_dir: Path, *args: str, **settings: object) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`retentive serve ARGS` on a free port until the block ends: its base URL and its process."""
+    """`retentive serve ARGS` on a free port until the block ends: its base URL and its process.
+
+    Its output goes to `data_dir/logs/serve.log`: a pipe nobody reads would fill up with the access log and
+    stall the server."""
     port = free_port()
-    process = subprocess.Popen(
-        ["retentive", "serve", *args],
-        env=service_env(data_dir, port=port, **settings),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    log_path = data_dir / "logs" / "serve.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            ["retentive", "serve", *args],
+            env=service_env(data_dir, port=port, **settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, process)
+        try:
+            wait_ready(base, process)
+        except AssertionError as err:
+            raise AssertionError(f"{err}: {log_path.read_text()[-2000:]}") from None
         yield base, process
     finally:
         process.terminate()

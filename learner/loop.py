@@ -35,7 +35,7 @@ from streams.control import Control, RollbackRequest
 from streams.heartbeats import alive, keep_beating
 from streams.keys import StreamKeys
 from streams.lease import Lease
-from streams.notify import publish_version, record_evaluation, set_counters
+from streams.notify import publish_version, record_evaluation, set_counters, set_keep_rates
 from streams.records import RecordLimits
 
 log = logging.getLogger("retentive.learner")
@@ -114,6 +114,7 @@ class LearnerLoop:
         self._last_published_at = time.monotonic()
         self._probes_revision: int | None = None
         self._rate_mark = (time.monotonic(), 0, 0)
+        self._rolled_back_to: str | None = None
 
     @property
     def status(self) -> str:
@@ -232,6 +233,8 @@ class LearnerLoop:
                 )
         if report.evaluated:
             self._publish_evaluation(report.alarms, report.rolled_back_to)
+        if report.rolled_back_to is not None:
+            self._note_rollback(report.rolled_back_to)
 
     def _after_cursor(self, stream_id: str) -> bool:
         return self.state.cursor is None or stream_id_key(stream_id) > stream_id_key(self.state.cursor)
@@ -276,7 +279,9 @@ class LearnerLoop:
         _crash_point("after_snapshot")
         acked = self.consumer.ack_through(self.state.cursor) if self.state.cursor else 0
         trimmed = self.consumer.trim(self.state.cursor, self.config.retention) if self.state.cursor else 0
-        publish_version(self.client, self.keys, manifest.version, manifest.id)
+        publish_version(
+            self.client, self.keys, manifest.version, manifest.id, rolled_back_to=self._take_rollback_note()
+        )
         self._publish_counters()
         elapsed = time.monotonic() - self._last_snapshot_at
         summary = self.learner.tracker.summary()
@@ -308,10 +313,22 @@ class LearnerLoop:
         if self.published is None:
             return None
         manifest = self.learner.publish(self.published, self._next_version())
-        publish_version(self.client, self.keys, manifest.version, manifest.id, kind="weights")
+        note = self._take_rollback_note()
+        publish_version(self.client, self.keys, manifest.version, manifest.id, "weights", rolled_back_to=note)
         self._publish_counters()
         self._mark_published()
         return manifest
+
+    def _note_rollback(self, snapshot_id: str) -> None:
+        # The restored counters are behind the rate mark: measure rates from here, not across the jump.
+        self._rolled_back_to = snapshot_id
+        learned = self.learner.counters
+        self._rate_mark = (time.monotonic(), learned.updates, learned.examples_trained)
+
+    def _take_rollback_note(self) -> str | None:
+        """The snapshot rolled back to since the last publication, for the version log; given only once."""
+        note, self._rolled_back_to = self._rolled_back_to, None
+        return note
 
     def _mark_published(self) -> None:
         self._published_updates = self.learner.counters.updates
@@ -364,6 +381,7 @@ class LearnerLoop:
             replayed = len(entries)
         self.state.cursor = current
         self.state.counters.rollbacks += 1
+        self._note_rollback(request.snapshot_id)
         self._probes_revision = None
         manifest = self.snapshot()
         self.control.finish_rollback(request)
@@ -449,6 +467,10 @@ class LearnerLoop:
                 "rollbacks": counters.rollbacks,
                 "pending": self.consumer.pending(),
             },
+        )
+        stats = gate.last_stats() if gate is not None else {}
+        set_keep_rates(
+            self.client, self.keys, {layer: round(s["keep_rate"], 4) for layer, s in stats.items()}
         )
 
 

@@ -44,6 +44,16 @@ class StreamKeys:
         return self._key("evals")
 
     @property
+    def version_log(self) -> str:
+        """Recent version announcements (a bounded list of JSON documents), newest first."""
+        return self._key("version_log")
+
+    @property
+    def keep_rates(self) -> str:
+        """The MIGU keep-rate of each gated layer at the learner's last step (JSON, in model order)."""
+        return self._key("keep_rates")
+
+    @property
     def lease(self) -> str:
         """Holder of the right to learn for this model."""
         return self._key("lease")

@@ -2,7 +2,7 @@
 
 A version is announced on a pub/sub channel and also kept in the counters hash, because pub/sub delivers
 only to subscribers connected at that moment: a replica that was down or reconnecting checks
-`latest_version` instead.
+`latest_version` instead. The newest announcements are also kept in a bounded list, the model's version log.
 """
 
 from __future__ import annotations
@@ -23,18 +23,42 @@ def _text(value: bytes | str) -> str:
 
 
 def publish_version(
-    client: redis.Redis, keys: StreamKeys, version: int, snapshot_id: str, kind: str = "snapshot"
+    client: redis.Redis,
+    keys: StreamKeys,
+    version: int,
+    snapshot_id: str,
+    kind: str = "snapshot",
+    rolled_back_to: str | None = None,
+    keep: int = 500,
 ) -> None:
-    """Record `version` as the latest and announce it to subscribers of `keys.versions`."""
+    """Record `version` as the latest, log it and announce it to subscribers of `keys.versions`.
+
+    `rolled_back_to` names the snapshot this version's weights were rolled back to, if they were.
+    """
     message = json.dumps(
-        {"version": version, "snapshot_id": snapshot_id, "kind": kind, "published_at": time.time()}
+        {
+            "version": version,
+            "snapshot_id": snapshot_id,
+            "kind": kind,
+            "published_at": time.time(),
+            "rolled_back_to": rolled_back_to,
+        }
     )
     # The hash is written first in the same transaction, so a subscriber that reacts to the message
     # by reading the latest version never sees an older one.
     pipe = client.pipeline(transaction=True)
     pipe.hset(keys.counters, mapping={"version": version, "snapshot_id": snapshot_id})
+    pipe.lpush(keys.version_log, message)
+    pipe.ltrim(keys.version_log, 0, keep - 1)
     pipe.publish(keys.versions, message)
     pipe.execute()
+
+
+def recent_versions(client: redis.Redis, keys: StreamKeys, limit: int = 100) -> list[dict[str, Any]]:
+    """Up to `limit` version announcements, newest first, as `publish_version` wrote them."""
+    if limit < 1:
+        return []
+    return [json.loads(item) for item in client.lrange(keys.version_log, 0, limit - 1)]
 
 
 def latest_version(client: redis.Redis, keys: StreamKeys) -> tuple[int, str] | None:
@@ -71,6 +95,23 @@ def set_counters(client: redis.Redis, keys: StreamKeys, values: Mapping[str, int
 def read_counters(client: redis.Redis, keys: StreamKeys) -> dict[str, str]:
     """Every field of the counters hash, as text."""
     return {_text(field): _text(value) for field, value in client.hgetall(keys.counters).items()}
+
+
+def set_keep_rates(client: redis.Redis, keys: StreamKeys, rates: Mapping[str, float]) -> None:
+    """Replace the per-layer keep-rates with `rates` (layer name to share of rows kept); empty clears them.
+
+    They are kept as one JSON list of [layer, rate] pairs, so the layers keep the model's order.
+    """
+    if rates:
+        client.set(keys.keep_rates, json.dumps(list(rates.items())))
+    else:
+        client.delete(keys.keep_rates)
+
+
+def read_keep_rates(client: redis.Redis, keys: StreamKeys) -> dict[str, float]:
+    """The keep-rate of every gated layer at the learner's last published step, in model order."""
+    stored = client.get(keys.keep_rates)
+    return {} if stored is None else {layer: float(rate) for layer, rate in json.loads(stored)}
 
 
 def subscribe_versions(client: redis.Redis, keys: StreamKeys) -> redis.client.PubSub:

@@ -22,7 +22,7 @@ from learner.snapshots import MODEL, Manifest, SnapshotStore
 from streams.control import Control, learner_state
 from streams.heartbeats import beat, leave
 from streams.keys import StreamKeys
-from streams.notify import recent_evaluations
+from streams.notify import read_counters, read_keep_rates, recent_evaluations, recent_versions
 from streams.producer import FeedbackProducer
 from streams.records import FeedbackRecord
 from tests.polling import eventually
@@ -223,3 +223,29 @@ def test_the_learner_backs_off_while_a_replica_reports_pressure(running: Running
     assert running.applied() == 0
     leave(running.client, running.keys.pressure, "replica-1")
     eventually(lambda: running.applied() == 16, 60, "learning to resume once the pressure is gone")
+
+
+def test_a_rollback_is_logged_with_its_version_and_rates_do_not_run_backwards(running: RunningLoop) -> None:
+    target = snapshot_after(running, 16)
+    later = snapshot_after(running, 32)
+    running.control.request_rollback(target.id, replay=False)
+    rolled = wait_for_rollback(running, 0)
+
+    log = [(e["version"], e["rolled_back_to"]) for e in recent_versions(running.client, running.keys)]
+    assert log[:2] == [(rolled.version, target.id), (later.version, None)]
+    counters = read_counters(running.client, running.keys)
+    assert float(counters["examples_per_s"]) >= 0 and float(counters["updates_per_s"]) >= 0
+    running.feed(8)
+    eventually(lambda: running.applied() == running.fed, 60, "learning after the rollback")
+    assert running.loop.snapshot().version == rolled.version + 1
+    assert recent_versions(running.client, running.keys, 1)[0]["rolled_back_to"] is None
+
+
+def test_the_keep_rate_of_every_gated_layer_is_published_with_the_counters(running: RunningLoop) -> None:
+    snapshot_after(running, 16)
+    gate = running.learner.gate
+    assert gate is not None
+    published = read_keep_rates(running.client, running.keys)
+    assert list(published) == list(gate.layers)
+    expected = {layer: round(stats["keep_rate"], 4) for layer, stats in gate.last_stats().items()}
+    assert published == expected and all(0.2 <= rate <= 0.4 for rate in published.values())

@@ -8,9 +8,12 @@ from streams.notify import (
     latest_version,
     publish_version,
     read_counters,
+    read_keep_rates,
     recent_evaluations,
+    recent_versions,
     record_evaluation,
     set_counters,
+    set_keep_rates,
     subscribe_versions,
 )
 
@@ -57,3 +60,35 @@ def test_subscriber_receives_the_published_version(redis_client: redis.Redis, ke
         assert (payload["version"], payload["snapshot_id"], payload["kind"]) == (7, "snap-0007", "snapshot")
     finally:
         pubsub.close()
+
+
+def test_the_version_log_keeps_the_newest_announcements_with_their_rollbacks(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    keys = StreamKeys(prefix=key_prefix, model="m")
+    assert recent_versions(redis_client, keys) == []
+    for version in range(1, 5):
+        publish_version(redis_client, keys, version, f"snap-{version}", keep=3)
+    publish_version(redis_client, keys, 5, "snap-5", kind="weights", rolled_back_to="snap-2", keep=3)
+    log = recent_versions(redis_client, keys)
+    assert [(e["version"], e["kind"], e["rolled_back_to"]) for e in log] == [
+        (5, "weights", "snap-2"),
+        (4, "snapshot", None),
+        (3, "snapshot", None),
+    ]
+    assert log[0]["published_at"] >= log[1]["published_at"]
+    assert [e["version"] for e in recent_versions(redis_client, keys, limit=1)] == [5]
+
+
+def test_keep_rates_keep_the_layer_order_and_are_replaced_whole(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    keys = StreamKeys(prefix=key_prefix, model="m")
+    assert read_keep_rates(redis_client, keys) == {}
+    layers = {f"layer.{i}.{part}": 0.3 + i / 100 for i in (10, 2, 1) for part in ("query", "key")}
+    set_keep_rates(redis_client, keys, layers)
+    assert list(read_keep_rates(redis_client, keys).items()) == list(layers.items())
+    set_keep_rates(redis_client, keys, {"layer.0.query": 1.0})
+    assert read_keep_rates(redis_client, keys) == {"layer.0.query": 1.0}
+    set_keep_rates(redis_client, keys, {})
+    assert read_keep_rates(redis_client, keys) == {}
