@@ -1,4 +1,5 @@
-"""Real `retentive` processes for end-to-end tests: their environment, a free port, waiting until ready."""
+"""Real `retentive` processes for end-to-end tests: their environment, a free port, waiting until ready, and a
+first snapshot for an API replica to serve."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from pathlib import Path
 
 import httpx
 
+from app.settings import Settings
+from learner.encoder import load_encoder
+from learner.online import Example, LearnerConfig, OnlineLearner
+from learner.snapshots import SnapshotStore
 from streams.connection import stop_embedded
 
 
@@ -31,11 +36,13 @@ def service_env(data_dir: Path, **settings: object) -> dict[str, str]:
     return env
 
 
-def wait_ready(base: str, process: subprocess.Popen) -> None:
+def wait_ready(base: str, process: subprocess.Popen, log: Path | None = None) -> None:
+    """Wait for `/readyz`; if the process exits first, fail with its output (its pipe, or the `log` file)."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"serve exited: {process.stdout.read().decode()}")
+            output = log.read_text() if log else process.stdout.read().decode()
+            raise AssertionError(f"serve exited: {output}")
         try:
             if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
                 return
@@ -45,21 +52,41 @@ def wait_ready(base: str, process: subprocess.Popen) -> None:
     raise AssertionError("serve did not become ready in 120 s")
 
 
+def serve_log(data_dir: Path) -> Path:
+    """Where `serving` writes the output of the service (API and learner child) started on `data_dir`."""
+    return data_dir / "serve.log"
+
+
 @contextlib.contextmanager
 def serving(data_dir: Path, *args: str, **settings: object) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`retentive serve ARGS` on a free port until the block ends: its base URL and its process."""
+    """`retentive serve ARGS` on a free port until the block ends: its base URL and its process.
+
+    Its output goes to `serve_log(data_dir)`, a file rather than a pipe, so a long run never blocks on a
+    full pipe nobody reads.
+    """
     port = free_port()
-    process = subprocess.Popen(
-        ["retentive", "serve", *args],
-        env=service_env(data_dir, port=port, **settings),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = serve_log(data_dir)
+    with log.open("ab") as output:
+        process = subprocess.Popen(
+            ["retentive", "serve", *args],
+            env=service_env(data_dir, port=port, **settings),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, process)
+        wait_ready(base, process, log)
         yield base, process
     finally:
         process.terminate()
         process.wait(timeout=90)
         stop_embedded(data_dir)
+
+
+def write_snapshot(settings: Settings) -> str:
+    """A snapshot that knows two labels, as a learner would have left it, so predictions answer 200."""
+    tokenizer, encoder = load_encoder(settings.model)
+    learner = OnlineLearner(tokenizer, encoder, LearnerConfig(probe_fraction=0.0))
+    learner.learn([Example("the match ended in a draw", "sport"), Example("rates rose again", "business")])
+    return learner.save(SnapshotStore(settings.snapshot_dir)).id
