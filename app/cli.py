@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from contextlib import ExitStack
 from importlib.metadata import version
@@ -101,6 +102,9 @@ def serve(
     if open_access:
         typer.echo(f"no API keys set: serving without authentication on {settings.host} only", err=True)
     child = LearnerChild(settings) if learner else None
+    # uvicorn re-raises the SIGTERM it shut down on once it returns; as SystemExit it still lets the
+    # learner child be stopped below (its last snapshot written) instead of being left running alone.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     if child:
         child.start()
     try:
@@ -108,6 +112,10 @@ def serve(
     finally:
         if child:
             child.stop()
+
+
+def _exit_on_signal(signum: int, _: object) -> None:
+    raise SystemExit(0)
 
 
 @cli.command()
