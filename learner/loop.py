@@ -14,7 +14,7 @@ reported and retried every `snapshot_retry_s`; nothing it would hold is acknowle
 Between snapshots the weights alone are published for serving every `publish_every_s`, so feedback
 reaches predictions within seconds. Before each micro-batch the learner follows what operators asked
 (pause, rollback, registered probes; see `streams.control`) and backs off while an API replica reports
-prediction pressure above the bounds, since both share the CPU.
+prediction pressure above the bounds, since both share the CPU, for at most `backoff_max_s` in a row.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class LoopConfig:
     backoff_queue: int = 64
     backoff_latency_ms: float = 500.0
     backoff_s: float = 0.5
+    backoff_max_s: float = 5.0
     snapshot_retry_s: float = 5.0
 
 
@@ -121,6 +122,7 @@ class LearnerLoop:
         self._snapshot_retry_at = 0.0
         self._snapshot_requested = False
         self._durable_cursor: str | None = None
+        self._backing_off_since: float | None = None
         self._published_updates = 0
         self._last_published_at = time.monotonic()
         self._probes_revision: int | None = None
@@ -162,7 +164,7 @@ class LearnerLoop:
                 if self.learner.paused:
                     stop.wait(self.config.batch_wait_s)
                     continue
-                if self._serving_under_pressure():
+                if self._should_back_off():
                     self.state.counters.backoffs += 1
                     stop.wait(self.config.backoff_s)
                     continue
@@ -398,6 +400,17 @@ class LearnerLoop:
         if wanted.probes_revision != self._probes_revision:
             self._sync_probes(wanted.probes_revision)
         self.learner.paused = wanted.paused is not None
+
+    def _should_back_off(self) -> bool:
+        """Back off while serving is under pressure, but never longer than `backoff_max_s` in a row: then
+        one step is taken anyway, so learning slows down under sustained load instead of stopping."""
+        now = time.monotonic()
+        if self._serving_under_pressure():
+            self._backing_off_since = self._backing_off_since or now
+            if now - self._backing_off_since < self.config.backoff_max_s:
+                return True
+        self._backing_off_since = None
+        return False
 
     def _serving_under_pressure(self) -> bool:
         for replica in alive(self.client, self.keys.pressure).values():

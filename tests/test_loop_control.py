@@ -223,3 +223,14 @@ def test_the_learner_backs_off_while_a_replica_reports_pressure(running: Running
     assert running.applied() == 0
     leave(running.client, running.keys.pressure, "replica-1")
     eventually(lambda: running.applied() == 16, 60, "learning to resume once the pressure is gone")
+
+
+def test_under_sustained_pressure_the_learner_still_steps_now_and_then(
+    tiny_encoder: Encoder, redis_client: redis.Redis, key_prefix: str, tmp_path: Path
+) -> None:
+    keys = StreamKeys(key_prefix, "m")
+    with start_loop(tiny_encoder, redis_client, keys, tmp_path, backoff_max_s=1.0) as running:
+        beat(running.client, running.keys.pressure, "replica-1", {"queue": 10_000, "p95_ms": 0.0}, ttl_s=60)
+        running.feed(24)
+        eventually(lambda: running.applied() == 24, 60, "steps taken despite the pressure")
+        assert running.loop.state.counters.backoffs >= 2
