@@ -33,6 +33,8 @@ KEYS = {
     "feedback": "abuse-feedback-1d5e9a3c7b",
 }
 JSON = {"content-type": "application/json"}
+# Generated requests by response status, reported when the replica stops.
+FUZZ: dict[str, int] = {}
 TEXT = {"content-type": "text/plain"}
 XML = {"content-type": "application/xml"}
 FORM = {"content-type": "application/x-www-form-urlencoded"}
@@ -77,6 +79,9 @@ def replica(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> I
         client = connect("", data_dir)
         yield Replica(base, data_dir, client, StreamKeys(), snapshot_id)
         client.close()
+    if FUZZ:
+        by_status = json.dumps(FUZZ, sort_keys=True)
+        print(f"\nschemathesis cases by status: {by_status}, {sum(FUZZ.values())} in all")
 
 
 def nested(depth: int) -> bytes:
@@ -274,7 +279,6 @@ def test_every_key_is_compared_whichever_matches(monkeypatch: pytest.MonkeyPatch
 
 
 fuzzed = schemathesis.pytest.from_fixture("fuzz_schema")
-FUZZ: dict[str, int] = {}
 
 
 @pytest.fixture(scope="module")
@@ -300,8 +304,5 @@ def test_thousands_of_generated_requests(replica: Replica, case: schemathesis.Ca
 
 
 def test_still_healthy_after_all_of_it(replica: Replica) -> None:
-    if FUZZ:
-        by_status = json.dumps(FUZZ, sort_keys=True)
-        print(f"schemathesis cases by status: {by_status}, {sum(FUZZ.values())} in all")
     assert replica.healthy()
     assert replica.call("GET", "/readyz").json()["status"] == "ready"
