@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -20,7 +21,9 @@ from streams.consumer import GROUP
 from streams.keys import StreamKeys
 from streams.producer import FeedbackProducer
 from streams.records import FeedbackRecord
-from tests.conftest import RedisTarget
+
+if TYPE_CHECKING:
+    from tests.conftest import RedisTarget
 
 WORDS = "river market goal vote rain film code bank match storm album player court cloud engine".split()  # noqa: SIM905
 LABELS = ["sports", "business", "weather", "culture"]

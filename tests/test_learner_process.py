@@ -11,24 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
 from streams.embedded import EmbeddedRedis
 from streams.producer import FeedbackProducer
 from streams.records import FeedbackRecord
 from tests.conftest import RedisTarget
-from tests.learners import LearnerHarness, audit, feed, kill, learner_harness, settled, stop_cleanly
-
-
-@pytest.fixture
-def harness(
-    redis_target: RedisTarget,
-    redis_client: redis.Redis,
-    key_prefix: str,
-    tmp_path: Path,
-    tiny_model_dir: Path,
-) -> LearnerHarness:
-    return learner_harness(redis_target, redis_client, key_prefix, tmp_path, tiny_model_dir)
+from tests.learners import LearnerHarness, audit, feed, kill, settled, stop_cleanly
 
 
 def kill_inside_snapshot_write(harness: LearnerHarness, process: subprocess.Popen) -> bool:
