@@ -26,7 +26,7 @@ from streams.control import Control, learner_state
 from streams.notify import recent_evaluations
 from streams.records import FeedbackRecord, MalformedRecord
 
-ERRORS = {status: {"model": ErrorBody} for status in (401, 403, 404, 422, 503)}
+ERRORS = {status: {"model": ErrorBody} for status in (401, 403, 404, 415, 422, 503)}
 MAX_PROBE_EXAMPLES = LearnerConfig().probe_size
 
 router = APIRouter(responses=ERRORS)
@@ -108,12 +108,7 @@ def _scores(evaluated: dict | None) -> dict[str, float | None]:
     responses={201: {"model": ProbeInfo, "description": "Created"}},
 )
 async def put_probe(name: str, body: ProbeSetRequest, request: Request, response: Response) -> ProbeInfo:
-    try:
-        validate_name(name)
-    except ValueError as err:
-        raise ApiError(
-            422, "invalid_request", f"name: {err}", [{"field": "name", "message": str(err)}]
-        ) from None
+    _check_probe_name(name)
     if len(body.examples) > MAX_PROBE_EXAMPLES:
         message = f"at most {MAX_PROBE_EXAMPLES} examples per probe set, got {len(body.examples)}"
         raise ApiError(
@@ -146,9 +141,19 @@ async def put_probe(name: str, body: ProbeSetRequest, request: Request, response
     summary="Delete a registered probe set and its history",
 )
 async def delete_probe(name: str, request: Request) -> Response:
+    _check_probe_name(name)
     if not await run_in_threadpool(_control(request).delete_probe, name):
         raise ApiError(404, "probe_not_found", f"no registered probe set {name!r}; see GET /v1/probes")
     return Response(status_code=204)
+
+
+def _check_probe_name(name: str) -> None:
+    try:
+        validate_name(name)
+    except ValueError as err:
+        raise ApiError(
+            422, "invalid_request", f"name: {err}", [{"field": "name", "message": str(err)}]
+        ) from None
 
 
 @router.post(

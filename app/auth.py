@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
@@ -64,7 +65,7 @@ def require(scope: Scope) -> Callable[..., Awaitable[None]]:
         keys: dict[str, frozenset[Scope]] = request.app.state.api_keys
         if not keys:
             return
-        granted = _lookup(keys, credentials.credentials) if credentials else None
+        granted = find_scopes(keys, credentials.credentials) if credentials else None
         if granted is None:
             raise ApiError(401, "unauthorized", "send a valid API key as 'Authorization: Bearer KEY'")
         if scope not in granted:
@@ -73,10 +74,12 @@ def require(scope: Scope) -> Callable[..., Awaitable[None]]:
     return check
 
 
-def _lookup(keys: dict[str, frozenset[Scope]], presented: str) -> frozenset[Scope] | None:
-    # Compare against every key so the time taken does not reveal which one matched or how closely.
+def find_scopes(keys: dict[str, frozenset[Scope]], presented: str) -> frozenset[Scope] | None:
+    """The scopes of the key presented, or None; every key is compared, each as a sha256 digest, so the time
+    taken reveals neither which key matched, nor how much of one, nor how long the keys are."""
+    offered = hashlib.sha256(presented.encode()).digest()
     found = None
     for key, scopes in keys.items():
-        if hmac.compare_digest(key.encode(), presented.encode()):
+        if hmac.compare_digest(hashlib.sha256(key.encode()).digest(), offered):
             found = scopes
     return found

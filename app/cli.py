@@ -101,10 +101,10 @@ def serve(
         _fail(f"RETENTIVE_REDIS_URL: {err}")
     if open_access:
         typer.echo(f"no API keys set: serving without authentication on {settings.host} only", err=True)
-    # uvicorn re-raises SIGTERM once it has shut down; exiting through Python instead lets the learner
-    # child be stopped cleanly below rather than left running on its own.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     child = LearnerChild(settings) if learner else None
+    # uvicorn re-raises the SIGTERM it shut down on once it returns; as SystemExit it still lets the
+    # learner child be stopped below (its last snapshot written) instead of being left running alone.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     if child:
         child.start()
     try:
@@ -112,6 +112,10 @@ def serve(
     finally:
         if child:
             child.stop()
+
+
+def _exit_on_signal(signum: int, _: object) -> None:
+    raise SystemExit(0)
 
 
 @cli.command()

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import NoReturn
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import ApiError
+from streams.records import text_characters_problem
 
 
 @dataclass(frozen=True)
@@ -21,15 +23,15 @@ class Limits:
     max_text_chars: int
 
     def check_inputs(self, inputs: list[str]) -> None:
-        """Refuse a predict request with too many texts or a text that is too long."""
+        """Refuse a predict request with too many texts, or a text too long or holding unusable characters."""
         _check_count("inputs", len(inputs), self.max_inputs, "RETENTIVE_MAX_INPUTS")
         for index, text in enumerate(inputs):
+            field = f"inputs[{index}]"
             if len(text) > self.max_text_chars:
-                field = f"inputs[{index}]"
-                message = f"at most {self.max_text_chars} characters, got {len(text)}"
-                raise ApiError(
-                    422, "invalid_request", f"{field}: {message}", [{"field": field, "message": message}]
-                )
+                _refuse(field, f"at most {self.max_text_chars} characters, got {len(text)}")
+            problem = text_characters_problem(text)
+            if problem:
+                _refuse(field, problem)
 
     def check_examples(self, count: int) -> None:
         _check_count("examples", count, self.max_examples, "RETENTIVE_MAX_EXAMPLES")
@@ -37,8 +39,12 @@ class Limits:
 
 def _check_count(field: str, count: int, most: int, setting: str) -> None:
     if count > most:
-        message = f"at most {most} per request ({setting}), got {count}: split them into several requests"
-        raise ApiError(422, "invalid_request", f"{field}: {message}", [{"field": field, "message": message}])
+        split = "split them into several requests"
+        _refuse(field, f"at most {most} per request ({setting}), got {count}: {split}")
+
+
+def _refuse(field: str, message: str) -> NoReturn:
+    raise ApiError(422, "invalid_request", f"{field}: {message}", [{"field": field, "message": message}])
 
 
 class _BodyTooLargeError(Exception):

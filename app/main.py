@@ -53,7 +53,7 @@ from streams.notify import read_counters, recent_evaluations
 from streams.producer import BacklogFull, FeedbackProducer
 from streams.records import FeedbackRecord, MalformedRecord
 
-ERRORS = {status: {"model": ErrorBody} for status in (401, 403, 409, 413, 422, 503)}
+ERRORS = {status: {"model": ErrorBody} for status in (401, 403, 409, 413, 415, 422, 503)}
 EMPTY_FORGETTING = {
     "model_version": None,
     "updates": None,
@@ -270,13 +270,21 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
         if err.status_code == 400:
-            # FastAPI's one 400: a body that is not even text (invalid UTF-8). It is a validation error too.
-            message = "body: the request body is not valid UTF-8 JSON"
+            # FastAPI's one 400: a body its JSON parser gave up on before any syntax error, i.e. invalid
+            # UTF-8, nesting past the parser's recursion limit, or an integer of thousands of digits.
+            message = (
+                "body: the request body is not JSON this service can read (it must be UTF-8, nested "
+                "less than a thousand levels deep, with no number of thousands of digits)"
+            )
             return error_response(422, "invalid_request", message, [{"field": "body", "message": message}])
         return error_response(err.status_code, f"http_{err.status_code}", str(err.detail))
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, err: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+        about_body = any(e["loc"][:1] == ("body",) for e in err.errors())
+        if about_body and not _is_json(request.headers.get("content-type")):
+            message = "send the request body as JSON, with 'Content-Type: application/json'"
+            return error_response(415, "unsupported_media_type", message)
         problems = [{"field": _location(e["loc"]), "message": e["msg"]} for e in err.errors()]
         message = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
         return error_response(422, "invalid_request", message, problems)
@@ -295,11 +303,22 @@ def _install_error_handlers(app: FastAPI) -> None:
         response.headers["Retry-After"] = str(err.retry_after_s)
         return response
 
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, err: Exception) -> JSONResponse:
+        # The traceback goes to the log (Starlette re-raises after this); the client gets the error shape.
+        return error_response(500, "internal_error", "the service failed on this request; see its log")
+
     @app.exception_handler(redis.RedisError)
     async def redis_down(_: Request, err: redis.RedisError) -> JSONResponse:
         response = error_response(503, "redis_unavailable", f"the feedback stream is unavailable: {err}")
         response.headers["Retry-After"] = "5"
         return response
+
+
+def _is_json(content_type: str | None) -> bool:
+    """Whether a Content-Type header names JSON (application/json or application/*+json)."""
+    media = (content_type or "").partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
 def _location(loc: tuple) -> str:

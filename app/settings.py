@@ -178,6 +178,12 @@ class Settings(BaseSettings):
         description="The learner also pauses while a replica's 95th percentile predict latency (ms) "
         "is above this.",
     )
+    backoff_max_s: float = Field(
+        _LOOP.backoff_max_s,
+        gt=0,
+        description="Longest the learner backs off in a row; it then takes one step anyway, so learning "
+        "slows down under sustained load but never stops.",
+    )
     max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body accepted (larger: 413).")
     max_inputs: int = Field(256, gt=0, description="Most texts in one predict request.")
     max_examples: int = Field(1000, gt=0, description="Most examples in one feedback request or probe set.")
@@ -238,6 +244,7 @@ class Settings(BaseSettings):
             publish_every_s=self.publish_every_s,
             backoff_queue=self.backoff_queue,
             backoff_latency_ms=self.backoff_latency_ms,
+            backoff_max_s=self.backoff_max_s,
         )
 
     def record_limits(self) -> RecordLimits:

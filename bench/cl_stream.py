@@ -122,6 +122,7 @@ def run_stream(
     run: Run, tasks: list[Task], encoder_factory: Any, batch: int, seed: int, log: Any
 ) -> dict[str, Any]:
     tokenizer, encoder = encoder_factory()
+    initial = {name: weight.detach().clone() for name, weight in encoder.named_parameters()}
     learner = OnlineLearner(tokenizer, encoder, run.config)
     matrix: list[list[float]] = []
     train_s = 0.0
@@ -147,9 +148,17 @@ def run_stream(
         "bwt": metrics.bwt,
         "matrix": matrix,
         "examples_per_s": trained / train_s,
+        "encoder_drift": encoder_drift(initial, encoder),
         "skipped_steps": learner.counters.skipped_steps,
         "wall_s": time.perf_counter() - began,
     }
+
+
+def encoder_drift(initial: dict[str, torch.Tensor], encoder: torch.nn.Module) -> float:
+    """How far the stream moved the encoder: the L2 norm of the change over the L2 norm of the start."""
+    moved = sum(float((w.detach() - initial[n]).pow(2).sum()) for n, w in encoder.named_parameters())
+    start = sum(float(w.pow(2).sum()) for w in initial.values())
+    return (moved / start) ** 0.5
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -239,11 +248,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
 
 def print_summary(result: dict[str, Any]) -> None:
     print(f"{result['order']} ({' -> '.join(result['tasks'])}):")
-    print(f"  {'strategy':<28}{'AA':>7}{'forget':>8}{'BWT':>8}{'ex/s':>8}")
+    print(f"  {'strategy':<28}{'AA':>7}{'forget':>8}{'BWT':>8}{'drift':>8}{'ex/s':>8}")
     for spec, row in result["strategies"].items():
         print(
             f"  {spec:<28}{row['aa']:>7.3f}{row['forgetting']:>8.3f}{row['bwt']:>8.3f}"
-            f"{row['examples_per_s']:>8.1f}"
+            f"{row['encoder_drift']:>8.4f}{row['examples_per_s']:>8.1f}"
         )
 
 

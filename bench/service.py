@@ -68,16 +68,21 @@ def wait_ready(base: str, process: subprocess.Popen) -> None:
     raise AssertionError("serve did not become ready in 120 s")
 
 
+def serve_log(data_dir: Path) -> Path:
+    """Where `serving` writes the output of the service (API and learner child) started on `data_dir`."""
+    return data_dir / "logs" / "serve.log"
+
+
 @contextlib.contextmanager
 def serving(data_dir: Path, *args: str, **settings: object) -> Iterator[tuple[str, subprocess.Popen]]:
     """`retentive serve ARGS` on a free port until the block ends: its base URL and its process.
 
-    Its output goes to `data_dir/logs/serve.log`: a pipe nobody reads would fill up with the access log and
+    Its output goes to `serve_log(data_dir)`: a pipe nobody reads would fill up with the access log and
     stall the server."""
     port = free_port()
-    log_path = data_dir / "logs" / "serve.log"
+    log_path = serve_log(data_dir)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         process = subprocess.Popen(
             ["retentive", "serve", *args],
             env=service_env(data_dir, port=port, **settings),

@@ -6,10 +6,15 @@ On start the learner takes the lease, loads the newest valid snapshot, reclaims 
 drops those at or below the cursor, and applies the rest in ID order. A learner that lost its lease
 stops before writing a snapshot.
 
+When the newest snapshot is unreadable the learner resumes from an older one and reads again, from the
+stream, the acknowledged entries only the lost one held; trimming therefore never removes entries after the
+cursor of the snapshot before the newest. A snapshot that cannot be written (disk full, read-only) is
+reported and retried every `snapshot_retry_s`; nothing it would hold is acknowledged until one succeeds.
+
 Between snapshots the weights alone are published for serving every `publish_every_s`, so feedback
 reaches predictions within seconds. Before each micro-batch the learner follows what operators asked
 (pause, rollback, registered probes; see `streams.control`) and backs off while an API replica reports
-prediction pressure above the bounds, since both share the CPU.
+prediction pressure above the bounds, since both share the CPU, for at most `backoff_max_s` in a row.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from learner.classifier import LabelLimitError
 from learner.forgetting import Alarm
 from learner.online import Example, OnlineLearner
 from learner.probes import REGISTERED
-from learner.snapshots import Manifest, SnapshotError, SnapshotStore
+from learner.snapshots import STATE, Manifest, SnapshotError, SnapshotStore
 from streams.consumer import Entry, FeedbackConsumer, stream_id_key
 from streams.control import Control, RollbackRequest
 from streams.heartbeats import alive, keep_beating
@@ -56,6 +61,8 @@ class LoopConfig:
     backoff_queue: int = 64
     backoff_latency_ms: float = 500.0
     backoff_s: float = 0.5
+    backoff_max_s: float = 5.0
+    snapshot_retry_s: float = 5.0
 
 
 @dataclass
@@ -67,6 +74,8 @@ class StreamCounters:
     held_out: int = 0
     backoffs: int = 0
     rollbacks: int = 0
+    snapshot_failures: int = 0
+    publish_failures: int = 0
 
 
 @dataclass
@@ -110,6 +119,10 @@ class LearnerLoop:
         self.leading = False
         self._unsnapshotted = 0
         self._last_snapshot_at = time.monotonic()
+        self._snapshot_retry_at = 0.0
+        self._snapshot_requested = False
+        self._durable_cursor: str | None = None
+        self._backing_off_since: float | None = None
         self._published_updates = 0
         self._last_published_at = time.monotonic()
         self._probes_revision: int | None = None
@@ -152,7 +165,7 @@ class LearnerLoop:
                 if self.learner.paused:
                     stop.wait(self.config.batch_wait_s)
                     continue
-                if self._serving_under_pressure():
+                if self._should_back_off():
                     self.state.counters.backoffs += 1
                     stop.wait(self.config.backoff_s)
                     continue
@@ -190,16 +203,20 @@ class LearnerLoop:
             log.warning(json.dumps({"event": "snapshot_skipped", "reason": problem}))
         if snapshot is not None:
             self._restore_state(self.learner.restore(snapshot) or {})
+        self._durable_cursor = self.state.cursor
         self.consumer.ensure_group(self.state.cursor)
         pending = self.consumer.recover(self.state.cursor)
-        for start in range(0, len(pending), self.config.batch_size):
-            self._apply(pending[start : start + self.config.batch_size])
+        reread = self.consumer.acknowledged_after(self.state.cursor)
+        entries = sorted(pending + reread, key=lambda e: stream_id_key(e.stream_id))
+        for start in range(0, len(entries), self.config.batch_size):
+            self._apply(entries[start : start + self.config.batch_size])
         log.info(
             json.dumps(
                 {
                     "event": "recovered",
                     "cursor": self.state.cursor,
                     "reapplied": len(pending),
+                    "reread": len(reread),
                     "snapshot": snapshot.id if snapshot else None,
                 }
             )
@@ -231,10 +248,20 @@ class LearnerLoop:
                 self.state.ledger.append(
                     [entry.stream_id, entry.record.id or "", "held_out" if held else "trained"]
                 )
+        if report.rolled_back_to is not None:
+            self._rolled_back_by_policy(report.rolled_back_to)
         if report.evaluated:
             self._publish_evaluation(report.alarms, report.rolled_back_to)
-        if report.rolled_back_to is not None:
-            self._note_rollback(report.rolled_back_to)
+
+    def _rolled_back_by_policy(self, snapshot_id: str) -> None:
+        """The alarm policy put the model back to `snapshot_id`; snapshot that at once so every replica
+        serves it, and count it where operators look (`rollbacks` in the counters)."""
+        saved = self.store.load(snapshot_id, only=[STATE]).state.get("extra") or {}
+        self.state.ledger = saved.get("ledger", [])
+        self.state.counters.rollbacks += 1
+        self._snapshot_requested = True
+        self._note_rollback(snapshot_id)
+        log.warning(json.dumps({"event": "rollback", "to": snapshot_id, "reason": "forgetting alarm"}))
 
     def _after_cursor(self, stream_id: str) -> bool:
         return self.state.cursor is None or stream_id_key(stream_id) > stream_id_key(self.state.cursor)
@@ -258,27 +285,39 @@ class LearnerLoop:
             return kept
 
     def _snapshot_due(self) -> bool:
-        if not self._unsnapshotted:
+        if not self._unsnapshotted or time.monotonic() < self._snapshot_retry_at:
             return False
+        if self._snapshot_requested:
+            return True
         since = self.learner.counters.updates % self.config.snapshot_every == 0
         stale = time.monotonic() - self._last_snapshot_at >= self.config.snapshot_every_s
         return since or stale
 
-    def snapshot(self) -> Manifest:
-        """Write a snapshot, then acknowledge and trim what it holds, then announce the new version."""
+    def snapshot(self) -> Manifest | None:
+        """Write a snapshot, then acknowledge and trim what it holds, then announce the new version.
+
+        None when the write failed: the error is logged and counted, nothing is acknowledged, and the next
+        attempt comes after `snapshot_retry_s`.
+        """
         if not self.lease.renew():
             raise LeaseLostError(self.keys.lease)
         _crash_point("before_snapshot")
         began = time.monotonic()
-        manifest = self.learner.save(
-            self.store,
-            info={"cursor": self.state.cursor},
-            extra=self._extra_state(),
-            version=self._next_version(),
-        )
+        try:
+            manifest = self.learner.save(
+                self.store,
+                info={"cursor": self.state.cursor},
+                extra=self._extra_state(),
+                version=self._next_version(),
+            )
+        except SnapshotError as err:
+            self._snapshot_failed(err)
+            return None
         _crash_point("after_snapshot")
         acked = self.consumer.ack_through(self.state.cursor) if self.state.cursor else 0
-        trimmed = self.consumer.trim(self.state.cursor, self.config.retention) if self.state.cursor else 0
+        # Keep what the previous snapshot lacks, in case this one turns out unreadable (see `_recover`).
+        previous, self._durable_cursor = self._durable_cursor, self.state.cursor
+        trimmed = self.consumer.trim(previous, self.config.retention) if previous else 0
         publish_version(
             self.client, self.keys, manifest.version, manifest.id, rolled_back_to=self._take_rollback_note()
         )
@@ -305,14 +344,39 @@ class LearnerLoop:
         )
         self._unsnapshotted = 0
         self._last_snapshot_at = time.monotonic()
+        self._snapshot_retry_at = 0.0
+        self._snapshot_requested = False
         self._mark_published()
         return manifest
+
+    def _snapshot_failed(self, err: SnapshotError) -> None:
+        self.state.counters.snapshot_failures += 1
+        self._snapshot_retry_at = time.monotonic() + self.config.snapshot_retry_s
+        log.error(
+            json.dumps(
+                {
+                    "event": "snapshot_failed",
+                    "error": str(err),
+                    "unacknowledged": self._unsnapshotted,
+                    "retry_in_s": self.config.snapshot_retry_s,
+                }
+            )
+        )
+        self._publish_counters()
 
     def publish_weights(self) -> Manifest | None:
         """Publish the current weights for serving (not for recovery); None without a store for them."""
         if self.published is None:
             return None
-        manifest = self.learner.publish(self.published, self._next_version())
+        try:
+            manifest = self.learner.publish(self.published, self._next_version())
+        except SnapshotError as err:
+            # Serving waits for the next snapshot instead; learning goes on.
+            self.state.counters.publish_failures += 1
+            log.error(json.dumps({"event": "publish_failed", "error": str(err)}))
+            self._mark_published()
+            self._publish_counters()
+            return None
         note = self._take_rollback_note()
         publish_version(self.client, self.keys, manifest.version, manifest.id, "weights", rolled_back_to=note)
         self._publish_counters()
@@ -353,6 +417,17 @@ class LearnerLoop:
             self._sync_probes(wanted.probes_revision)
         self.learner.paused = wanted.paused is not None
 
+    def _should_back_off(self) -> bool:
+        """Back off while serving is under pressure, but never longer than `backoff_max_s` in a row: then
+        one step is taken anyway, so learning slows down under sustained load instead of stopping."""
+        now = time.monotonic()
+        if self._serving_under_pressure():
+            self._backing_off_since = self._backing_off_since or now
+            if now - self._backing_off_since < self.config.backoff_max_s:
+                return True
+        self._backing_off_since = None
+        return False
+
     def _serving_under_pressure(self) -> bool:
         for replica in alive(self.client, self.keys.pressure).values():
             if replica.get("queue", 0) > self.config.backoff_queue:
@@ -391,7 +466,7 @@ class LearnerLoop:
                     "event": "rollback",
                     "to": request.snapshot_id,
                     "replayed": replayed,
-                    "version": manifest.version,
+                    "version": manifest.version if manifest else None,
                 }
             )
         )
@@ -465,6 +540,8 @@ class LearnerLoop:
                 "skipped_steps": self.learner.counters.skipped_steps,
                 "backoffs": counters.backoffs,
                 "rollbacks": counters.rollbacks,
+                "snapshot_failures": counters.snapshot_failures,
+                "publish_failures": counters.publish_failures,
                 "pending": self.consumer.pending(),
             },
         )

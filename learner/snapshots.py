@@ -46,7 +46,7 @@ MODEL = "model"
 STATE = "state"
 
 _FORMAT = 1
-_ID_RE = re.compile(r"(\d{8,})-([0-9a-f]{12})")
+_ID_RE = re.compile(r"([0-9]{8,19})-([0-9a-f]{12})")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
 _RESERVED_NAMES = frozenset({STATE, "manifest"})

@@ -230,6 +230,20 @@ class FeedbackConsumer:
                 return entries
             start = f"({_text(page[-1][0])}"
 
+    def acknowledged_after(self, cursor: str | None) -> list[Entry]:
+        """Entries after `cursor` that the group already delivered and acknowledged, in ID order.
+
+        They exist when the learner resumes from an older snapshot because the newest one is unreadable:
+        what only that snapshot held was acknowledged with it, so no redelivery brings it back, and it is
+        read from the stream again instead. Pending entries (see `recover`) and dead-lettered ones are left
+        out.
+        """
+        delivered = self._last_delivered()
+        if delivered is None or (cursor is not None and stream_id_key(delivered) <= stream_id_key(cursor)):
+            return []
+        settled_elsewhere = set(self._pending_deliveries()) | self._dead_lettered_after(cursor)
+        return [e for e in self.history(cursor, delivered) if e.stream_id not in settled_elsewhere]
+
     def dead_letter(self, entry: Entry, reason: str) -> None:
         """Move an entry the caller cannot use to the dead-letter stream and acknowledge it."""
         self._dead_letter([(entry.stream_id, entry.record.to_fields(), reason)])
@@ -310,6 +324,30 @@ class FeedbackConsumer:
             if len(page) < _PAGE:
                 return counts
             start = _next_id(_text(page[-1]["message_id"]))
+
+    def _last_delivered(self) -> str | None:
+        try:
+            groups = self.client.xinfo_groups(self.keys.feedback)
+        except redis.ResponseError:
+            return None
+        for group in groups:
+            if _text(group["name"]) == GROUP:
+                return _text(group["last-delivered-id"])
+        return None
+
+    def _dead_lettered_after(self, cursor: str | None) -> set[str]:
+        """Original IDs of the entries dead-lettered since `cursor` was written (dead letters come later)."""
+        start = f"{stream_id_key(cursor)[0]}-0" if cursor else "-"
+        ids: set[str] = set()
+        while True:
+            page = self.client.xrange(self.keys.dead, min=start, max="+", count=_PAGE)
+            for _, fields in page:
+                original = fields.get(b"stream_id") or fields.get("stream_id")
+                if original is not None:
+                    ids.add(_text(original))
+            if len(page) < _PAGE:
+                return ids
+            start = f"({_text(page[-1][0])}"
 
     def _ack(self, stream_ids: Iterable[str]) -> None:
         ids = list(stream_ids)

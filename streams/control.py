@@ -28,6 +28,15 @@ end
 return 0
 """
 
+# Bumps the probes revision only when a probe was removed, so deleting a missing one changes nothing.
+_DELETE_PROBE = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
+    redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+    return 1
+end
+return 0
+"""
+
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
@@ -99,12 +108,9 @@ class Control:
         pipe.execute()
 
     def delete_probe(self, name: str) -> bool:
-        """Remove the registered probe `name`; False if there was none."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hdel(self.keys.probes, name)
-        pipe.hincrby(self.keys.control, PROBES_REVISION, 1)
-        removed, _ = pipe.execute()
-        return bool(removed)
+        """Remove the registered probe `name`; False (and nothing written) if there was none."""
+        keys = [self.keys.probes, self.keys.control]
+        return bool(self.client.eval(_DELETE_PROBE, len(keys), *keys, name, PROBES_REVISION))
 
     def probes(self) -> dict[str, list[tuple[str, str]]]:
         """Every registered probe: name to (text, label) pairs."""

@@ -8,6 +8,7 @@ Another process (the learner, a second API replica) attaches to the same server 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import subprocess
 import tempfile
@@ -49,10 +50,20 @@ class EmbeddedRedis:
             return False
 
     def start(self) -> None:
-        """Start the server unless one already answers for this directory."""
+        """Start the server unless one already answers for this directory.
+
+        Processes that find it down at once (a learner restarting while an operator starts it) start one
+        server between them: two on one append-only file would corrupt it.
+        """
         if self.is_running():
             return
         self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / "start.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not self.is_running():
+                self._spawn()
+
+    def _spawn(self) -> None:
         self.socket_path.unlink(missing_ok=True)
         config = self.directory / "redis.conf"
         config.write_text(self._config())

@@ -17,6 +17,8 @@ SCHEMA_VERSION = "1"
 _OPTIONAL = ("id", "slice", "prediction_id")
 # A lone surrogate cannot be encoded as UTF-8, so it would fail at XADD time after validation passed.
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# C0 and C1 control characters other than tab, newline and carriage return.
+_TEXT_CONTROL = re.compile("[\x01-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -162,12 +164,24 @@ def _check_text(text: str, most: int) -> None:
     if not text.strip():
         raise MalformedRecord("text", "must not be empty or only whitespace")
     _check_length("text", text, most)
+    problem = text_characters_problem(text)
+    if problem:
+        raise MalformedRecord("text", problem)
+
+
+def text_characters_problem(text: str) -> str | None:
+    """What makes `text` unusable as a text to learn from or classify, or None: a NUL or another control
+    character (tab, newline and carriage return are fine), or a lone surrogate (not encodable as UTF-8)."""
     nul = text.find("\x00")
     if nul >= 0:
-        raise MalformedRecord("text", f"remove the NUL character at position {nul}")
+        return f"remove the NUL character at position {nul}"
+    control = _TEXT_CONTROL.search(text)
+    if control:
+        return f"remove the control character U+{ord(control.group()):04X} at position {control.start()}"
     surrogate = _SURROGATE.search(text)
     if surrogate:
-        raise MalformedRecord("text", f"not valid Unicode (lone surrogate at position {surrogate.start()})")
+        return f"not valid Unicode (lone surrogate at position {surrogate.start()})"
+    return None
 
 
 def _check_label(label: str, most: int) -> None:

@@ -13,6 +13,7 @@ import redis
 
 from learner.encoder import Encoder, tiny_bert
 from streams.connection import connect, stop_embedded
+from tests.learners import LearnerHarness, learner_harness
 
 TEST_REDIS_URL = os.environ.get("RETENTIVE_TEST_REDIS_URL", "")
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cl_stream"
@@ -78,3 +79,15 @@ def cl_stream_dir() -> Path:
     if not (DATA_DIR / "manifest.json").is_file():
         pytest.skip(f"benchmark data not found at {DATA_DIR}")
     return DATA_DIR
+
+
+@pytest.fixture
+def harness(
+    redis_target: RedisTarget,
+    redis_client: redis.Redis,
+    key_prefix: str,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+) -> LearnerHarness:
+    """`retentive learn` processes of a model of this test's own (see tests/learners.py)."""
+    return learner_harness(redis_target, redis_client, key_prefix, tmp_path, tiny_model_dir)

@@ -37,6 +37,7 @@ def test_cl_stream_quick_writes_a_matrix_and_metrics_per_strategy(
         metrics = task_metrics(row["matrix"])
         assert (row["aa"], row["forgetting"], row["bwt"]) == (metrics.aa, metrics.forgetting, metrics.bwt)
         assert row["examples_per_s"] > 0 and row["loss"] in ("ce", "ace") and row["head"] == "linear"
+        assert row["encoder_drift"] > 0, f"{spec}: the stream trained the encoder"
     settings = result["strategies"]["migu@quantile=0.5@lr=2e-4"]["settings"]
     assert (settings["quantile"], settings["lr"]) == (0.5, 2e-4)
     assert result["strategies"]["joint"]["joint"] and result["strategies"]["joint"]["strategy"] == "sgd"

@@ -18,10 +18,7 @@ from schemathesis.checks import (
 )
 
 from app.settings import Settings
-from learner.encoder import load_encoder
-from learner.online import Example, LearnerConfig, OnlineLearner
-from learner.snapshots import SnapshotStore
-from tests.services import serving
+from tests.services import serving, write_snapshot
 
 KEYS = {"admin": "contract-admin", "predict": "contract-predict", "feedback": "contract-feedback"}
 LIMITS = {
@@ -56,14 +53,6 @@ BODIES = {
     "/v1/feedback": {"examples": [{"text": "a short text", "label": "news"}]},
     "/v1/probes/{name}": {"examples": [{"text": "a probe text", "label": "news"}]},
 }
-
-
-def write_snapshot(settings: Settings) -> str:
-    """A snapshot that knows two labels, as a learner would have left it, so predictions answer 200."""
-    tokenizer, encoder = load_encoder(settings.model)
-    learner = OnlineLearner(tokenizer, encoder, LearnerConfig(probe_fraction=0.0))
-    learner.learn([Example("the match ended in a draw", "sport"), Example("rates rose again", "business")])
-    return learner.save(SnapshotStore(settings.snapshot_dir)).id
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +212,12 @@ def test_unknown_fields_are_refused(base: str, path: str, body: dict, field: str
 
 
 schema = schemathesis.pytest.from_fixture("openapi_schema")
+SCHEMA_CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
 
 
 @pytest.fixture(scope="module")
@@ -236,11 +231,6 @@ def test_schema_holds_for_generated_requests(case: schemathesis.Case) -> None:
     """Generated requests, valid and invalid, never get a 5xx or a response the schema does not describe."""
     case.call_and_validate(
         headers={"Authorization": f"Bearer {KEYS['admin']}"},
-        checks=[
-            not_a_server_error,
-            status_code_conformance,
-            content_type_conformance,
-            response_schema_conformance,
-        ],
+        checks=SCHEMA_CHECKS,
         timeout=30,
     )

@@ -249,3 +249,14 @@ def test_the_keep_rate_of_every_gated_layer_is_published_with_the_counters(runni
     assert list(published) == list(gate.layers)
     expected = {layer: round(stats["keep_rate"], 4) for layer, stats in gate.last_stats().items()}
     assert published == expected and all(0.2 <= rate <= 0.4 for rate in published.values())
+
+
+def test_under_sustained_pressure_the_learner_still_steps_now_and_then(
+    tiny_encoder: Encoder, redis_client: redis.Redis, key_prefix: str, tmp_path: Path
+) -> None:
+    keys = StreamKeys(key_prefix, "m")
+    with start_loop(tiny_encoder, redis_client, keys, tmp_path, backoff_max_s=1.0) as running:
+        beat(running.client, running.keys.pressure, "replica-1", {"queue": 10_000, "p95_ms": 0.0}, ttl_s=60)
+        running.feed(24)
+        eventually(lambda: running.applied() == 24, 60, "steps taken despite the pressure")
+        assert running.loop.state.counters.backoffs >= 2

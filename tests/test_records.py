@@ -44,6 +44,8 @@ def test_missing_received_at_reads_as_zero_and_unknown_fields_are_ignored() -> N
         ({**VALID, "text": ""}, "text", "must not be empty"),
         ({**VALID, "text": " \n\t "}, "text", "must not be empty"),
         ({**VALID, "text": "nul\x00here"}, "text", "NUL character at position 3"),
+        ({**VALID, "text": "red \x1b[31m"}, "text", "control character U+001B at position 4"),
+        ({**VALID, "text": "c1 \x85 next line"}, "text", "control character U+0085"),
         ({**VALID, "text": b"bad \xff utf-8"}, "text", "not valid UTF-8"),
         ({**VALID, "label": b"\xc3"}, "label", "not valid UTF-8"),
         ({**VALID, "text": "x" * 10_001}, "text", "at most 10000 characters (got 10001)"),
@@ -111,3 +113,7 @@ def test_error_placed_in_a_request_says_which_record() -> None:
     err = MalformedRecord("label", "must not be empty").at(3)
     assert (err.field, err.index, str(err)) == ("label", 3, "record 3: label: must not be empty")
     assert isinstance(err, ValueError)
+
+
+def test_tabs_and_line_breaks_are_fine_in_a_text() -> None:
+    FeedbackRecord(text="line one\n\tline two\r\n", label="x").validate()

@@ -1,0 +1,327 @@
+"""A real `retentive serve` under faults: its learner child killed and its Redis crashed mid-stream, a new
+snapshot published while 32 clients predict, and a label-flipping burst that the rollback policy undoes."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from app.serving import ModelHolder
+from learner.encoder import load_encoder
+from learner.online import Example, LearnerConfig, OnlineLearner
+from learner.snapshots import SnapshotStore
+from streams.connection import connect, embedded_dir
+from streams.embedded import EmbeddedRedis
+from streams.keys import StreamKeys
+from streams.notify import publish_version
+from tests.polling import eventually
+from tests.services import serve_log, serving
+
+pytestmark = pytest.mark.reliability
+
+VOCABULARY = {
+    "astronomy": "telescope galaxy comet planet orbit star nebula moon eclipse asteroid",
+    "cooking": "butter garlic oven bread bake pan stir onion flour simmer",
+    "football": "striker goal keeper penalty match kick referee corner offside league",
+}
+FAST_LEARNER = {
+    "batch_size": 8,
+    "batch_wait_s": 0.2,
+    "snapshot_every": 5,
+    "snapshot_every_s": 1,
+    "eval_every": 5,
+    "learning_rate": 1e-3,
+    "lease_ttl_ms": 2000,
+    "publish_every_s": 0.5,
+    "ledger": "true",
+}
+
+
+def texts_of(label: str, count: int, seed: int) -> list[str]:
+    rng = random.Random(f"{label}-{seed}")
+    words = VOCABULARY[label].split()
+    return [" ".join(rng.choices(words, k=8)) for _ in range(count)]
+
+
+def examples_of(label: str, count: int, seed: int, as_label: str | None = None) -> list[dict[str, str]]:
+    return [
+        {"text": text, "label": as_label or label, "id": f"{label}-{as_label}-{seed}-{i}"}
+        for i, text in enumerate(texts_of(label, count, seed))
+    ]
+
+
+def clean_stream(count: int, seed: int) -> list[dict[str, str]]:
+    """`count` examples of each label, interleaved."""
+    per_label = [examples_of(label, count, seed) for label in VOCABULARY]
+    return [example for group in zip(*per_label, strict=True) for example in group]
+
+
+def model(base: str) -> dict:
+    return httpx.get(f"{base}/v1/model", timeout=30).json()
+
+
+def final_ledger(data_dir: Path) -> list[list[str]]:
+    snapshot, problems = SnapshotStore(data_dir / "snapshots" / "default").load_latest_valid(only=["state"])
+    assert snapshot is not None, problems
+    return snapshot.state["extra"]["ledger"]
+
+
+@dataclass
+class Traffic:
+    """Clients that keep posting feedback (with ids, retrying what was refused) and asking for predictions."""
+
+    base: str
+    stop: threading.Event = field(default_factory=threading.Event)
+    accepted: set[str] = field(default_factory=set)
+    feedback: list[tuple[float, int]] = field(default_factory=list)
+    predictions: list[tuple[float, int]] = field(default_factory=list)
+    unexplained: list[str] = field(default_factory=list)
+
+    def post_feedback(self) -> None:
+        with httpx.Client(base_url=self.base, timeout=60) as client:
+            batch = 0
+            while not self.stop.is_set():
+                examples = clean_stream(4, seed=1000 + batch)
+                response = client.post("/v1/feedback", json={"examples": examples})
+                self.feedback.append((time.monotonic(), response.status_code))
+                if response.status_code == 202:
+                    self.accepted.update(response.json()["stream_ids"])
+                    batch += 1
+                elif response.status_code == 503 and response.headers.get("retry-after"):
+                    time.sleep(0.2)  # the same batch again: its ids make a repeat harmless
+                else:
+                    self.unexplained.append(response.text)
+                time.sleep(0.1)
+
+    def predict(self) -> None:
+        with httpx.Client(base_url=self.base, timeout=60) as client:
+            while not self.stop.is_set():
+                response = client.post("/v1/predict", json={"inputs": texts_of("cooking", 2, 0)})
+                self.predictions.append((time.monotonic(), response.status_code))
+
+    def statuses(self, kind: list[tuple[float, int]], start: float, end: float) -> Counter:
+        return Counter(status for at, status in kind if start <= at < end)
+
+
+def run_in_threads(*targets: Callable[[], None]) -> list[threading.Thread]:
+    threads = [threading.Thread(target=target, daemon=True) for target in targets]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+@pytest.mark.parametrize("rounds", [1, pytest.param(5, marks=pytest.mark.long)], ids=["once", "five times"])
+def test_learner_killed_and_redis_crashed_mid_stream(
+    tmp_path: Path, tiny_model_dir: Path, rounds: int
+) -> None:
+    """Each round kills the learner child, then crashes Redis (SIGKILL) for 6 s. Predictions never fail;
+    feedback is accepted while the learner is away and refused with 503 and Retry-After while Redis is;
+    every accepted example ends up applied, exactly once."""
+    data_dir = tmp_path / "data"
+    learner_away: list[tuple[float, float]] = []
+    redis_away: list[tuple[float, float]] = []
+    with serving(data_dir, model=tiny_model_dir, **FAST_LEARNER) as (base, process):
+        traffic = Traffic(base)
+        feeder = run_in_threads(traffic.post_feedback)
+        eventually(lambda: model(base)["model_version"] is not None, 120, "a first model")
+        predictor = run_in_threads(traffic.predict)
+        for _ in range(rounds):
+            time.sleep(2)
+            [child] = psutil.Process(process.pid).children()
+            killed = time.monotonic()
+            child.kill()
+            eventually(lambda: model(base)["learner"] == "absent", 30, "the learner to be seen gone")
+            eventually(lambda: model(base)["learner"] == "running", 120, "a new learner child")
+            learner_away.append((killed, time.monotonic()))
+            time.sleep(2)
+
+            server = EmbeddedRedis(embedded_dir(data_dir))
+            crashed = time.monotonic()
+            os.kill(int(server.pidfile.read_text()), signal.SIGKILL)
+            time.sleep(6)
+            server.start()  # unless the restarted learner child already brought it back
+            redis_away.append((crashed, time.monotonic()))
+            eventually(lambda: model(base)["learner"] == "running", 120, "the learner after the crash")
+        time.sleep(3)
+        traffic.stop.set()
+        for thread in feeder + predictor:
+            thread.join(timeout=90)
+
+        def applied_all() -> bool:
+            counters = model(base)["counters"]
+            done = sum(counters.get(name, 0) for name in ("applied", "held_out", "dead_lettered"))
+            return done == counters["accepted"] and model(base)["stream_lag"] == 0
+
+        eventually(applied_all, 180, "every accepted example applied")
+        counters = model(base)["counters"]
+    assert not traffic.unexplained
+    assert {status for _, status in traffic.predictions} == {200}
+    for start, end in learner_away:
+        assert set(traffic.statuses(traffic.feedback, start, end)) <= {202}
+    outages = [traffic.statuses(traffic.feedback, start, end) for start, end in redis_away]
+    assert all(outage[503] > 0 for outage in outages), outages
+    ledger = final_ledger(data_dir)
+    applied = Counter(stream_id for stream_id, _, _ in ledger)
+    assert max(applied.values()) == 1
+    assert traffic.accepted <= set(applied)
+    assert len(ledger) == counters["accepted"] == len(traffic.accepted)
+    print(
+        f"{rounds} learner kills and {rounds} Redis crashes: {len(traffic.predictions)} predictions, all "
+        f"200; {len(traffic.accepted)} examples accepted, all applied once; feedback while Redis was "
+        f"down: {sum(outages, Counter())}"
+    )
+
+
+def two_models(model_dir: Path) -> tuple[OnlineLearner, OnlineLearner]:
+    """Different weights and different label sets, so an answer from a mix of the two is told apart."""
+    learners = []
+    for seed, labels in ((1, ["astronomy", "cooking"]), (2, ["astronomy", "cooking", "football"])):
+        tokenizer, encoder = load_encoder(str(model_dir))
+        learner = OnlineLearner(tokenizer, encoder, LearnerConfig(lr=1e-3, probe_fraction=0.0, seed=seed))
+        for step in range(4):
+            learner.learn(
+                [Example(t, label) for label in labels for t in texts_of(label, 4, seed * 10 + step)]
+            )
+        learners.append(learner)
+    return learners[0], learners[1]
+
+
+def test_a_snapshot_published_while_32_clients_predict_is_served_whole(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    store = SnapshotStore(data_dir / "snapshots" / "default", keep=50)
+    learners = two_models(tiny_model_dir)
+    queries = [text for label in VOCABULARY for text in texts_of(label, 3, 99)]
+    expected: list[dict[str, list[tuple[str, float]]]] = []
+    holder = ModelHolder(str(tiny_model_dir), store)
+    published: dict[int, tuple[str, int]] = {}
+    for which, learner in enumerate(learners):
+        manifest = learner.save(store, version=which + 1)
+        published[manifest.version] = (manifest.id, which)
+        holder.refresh()
+        predicted = holder.current.predict(queries, top_k=3)
+        tops = [[(scored.label, scored.score) for scored in answer.top] for answer in predicted]
+        expected.append(dict(zip(queries, tops, strict=True)))
+    first = learners[0].save(store, version=3)
+    published[3] = (first.id, 0)
+
+    with serving(data_dir, "--no-learner", model=tiny_model_dir) as (base, _):
+        client = connect("", data_dir)
+        stop = threading.Event()
+        answers: list[tuple[list[str], httpx.Response]] = []
+
+        def predictor(seed: int) -> None:
+            rng = random.Random(seed)
+            with httpx.Client(base_url=base, timeout=60) as http:
+                while not stop.is_set():
+                    texts = rng.sample(queries, rng.randint(1, 3))
+                    answers.append((texts, http.post("/v1/predict", json={"inputs": texts, "top_k": 3})))
+
+        threads = run_in_threads(*(lambda seed=seed: predictor(seed) for seed in range(32)))
+        for version in range(4, 16):
+            which = version % 2
+            manifest = learners[which].save(store, version=version)
+            published[version] = (manifest.id, which)
+            publish_version(client, StreamKeys(), version, manifest.id)
+            time.sleep(0.7)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        client.close()
+
+    assert answers and {response.status_code for _, response in answers} == {200}
+    seen = Counter()
+    for texts, response in answers:
+        body = response.json()
+        snapshot_id, which = published[body["model_version"]]
+        assert body["snapshot_id"] == snapshot_id
+        seen[body["model_version"]] += 1
+        for text, prediction in zip(texts, body["predictions"], strict=True):
+            want = expected[which][text]
+            got = [(scored["label"], scored["score"]) for scored in prediction["top"]]
+            assert [label for label, _ in got] == [label for label, _ in want]
+            assert [score for _, score in got] == pytest.approx([score for _, score in want], abs=1e-4)
+    assert len(seen) >= 8, seen
+    print(f"{len(answers)} predictions from 32 clients over {len(seen)} versions, each answered whole")
+
+
+def golden_accuracy(base: str) -> float | None:
+    probes = httpx.get(f"{base}/v1/probes", timeout=30).json()
+    return next((p["accuracy"] for p in probes if p["name"] == "golden"), None)
+
+
+def test_a_label_flipping_burst_is_caught_and_rolled_back(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data_dir = tmp_path / "data"
+    settings = {
+        **FAST_LEARNER,
+        "snapshot_every_s": 3600,  # snapshots only at evaluations, so each one knows its own alarms
+        "probe_fraction": 0,
+        "loss": "ce",
+        "alarm_policy": "rollback",
+        "snapshot_keep": 100,
+    }
+    with serving(data_dir, model=tiny_model_dir, **settings) as (base, _):
+        golden = [{"text": t, "label": label} for label in VOCABULARY for t in texts_of(label, 6, 7)]
+        assert httpx.put(f"{base}/v1/probes/golden", json={"examples": golden}).status_code == 201
+        for seed in range(5):
+            httpx.post(f"{base}/v1/feedback", json={"examples": clean_stream(8, seed)}, timeout=30)
+        eventually(lambda: (golden_accuracy(base) or 0) >= 0.9, 180, "the golden probe learned")
+        eventually(lambda: model(base)["stream_lag"] == 0, 60, "the clean stream applied")
+
+        flipped = examples_of("astronomy", 120, 50, as_label="cooking")
+        football = examples_of("football", 120, 50)
+        burst = [example for pair in zip(flipped, football, strict=True) for example in pair]
+        for start in range(0, len(burst), 60):
+            httpx.post(f"{base}/v1/feedback", json={"examples": burst[start : start + 60]}, timeout=30)
+        eventually(lambda: model(base)["counters"].get("rollbacks", 0) >= 1, 180, "the rollback")
+        eventually(lambda: model(base)["stream_lag"] == 0, 120, "the burst consumed")
+        log = serve_log(data_dir).read_text()
+    rollbacks = [line for line in log.splitlines() if '"event": "rollback"' in line]
+    assert rollbacks and all('"reason": "forgetting alarm"' in line for line in rollbacks)
+    assert any('"alarms": ["golden"]' in line for line in log.splitlines())
+    store = SnapshotStore(data_dir / "snapshots" / "default")
+    manifests = {m.id: m for m in store.list()}
+    target = manifests[rollbacks[0].split('"to": "')[1].split('"')[0]]
+    assert target.info["alarms"] == 0
+    # Right after rolling back the learner wrote the target's weights again, as a new version.
+    restored = [
+        m for m in manifests.values() if m.version > target.version and m.model_sha256 == target.model_sha256
+    ]
+    assert restored, "no snapshot holds the rolled-back weights"
+    print(f"{len(rollbacks)} rollbacks to {target.id} (mean accuracy {target.info['mean_accuracy']:.2f})")
+
+
+def test_sigterm_stops_serve_and_its_learner_after_a_last_snapshot(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A supervisor stopping the service must not leave the learner running on its own, and what the
+    learner applied since its last snapshot is written before it goes."""
+    data_dir = tmp_path / "data"
+    settings = {**FAST_LEARNER, "snapshot_every": 1000, "snapshot_every_s": 3600}
+    with serving(data_dir, model=tiny_model_dir, **settings) as (base, process):
+        [child] = psutil.Process(process.pid).children()
+        accepted = httpx.post(f"{base}/v1/feedback", json={"examples": clean_stream(4, 0)}, timeout=30)
+        stream_ids = set(accepted.json()["stream_ids"])
+
+        def applied() -> int:
+            counters = model(base)["counters"]
+            return counters.get("applied", 0) + counters.get("held_out", 0)
+
+        eventually(lambda: applied() == len(stream_ids), 60, "the examples applied")
+        assert model(base)["last_snapshot_at"] is None
+        process.terminate()
+        assert process.wait(timeout=90) == 0
+        child.wait(timeout=10)  # it ended (its exit status is for its parent to read)
+    assert {stream_id for stream_id, _, _ in final_ledger(data_dir)} == stream_ids
