@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from tests.polling import eventually
-from tests.services import serving
+from tests.services import QUICK_LEARNER, serving
 
 LABELS = {
     "astronomy": "the telescope saw a distant galaxy and a bright comet near the planet",
@@ -29,15 +29,10 @@ def service(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> I
         data_dir,
         model=tiny_model_dir,
         api_keys=f"{ADMIN}:admin;{PREDICTOR}:predict",
-        batch_size=8,
-        batch_wait_s=0.2,
-        snapshot_every=5,
-        snapshot_every_s=1,
+        **{**QUICK_LEARNER, "snapshot_every": 5, "publish_every_s": 5},
         eval_every=5,
         probe_fraction=0.2,
-        learning_rate=1e-3,
         strategy="migu+replay",
-        lease_ttl_ms=2000,
     ) as (base, process):
         SERVE_PID[base] = process.pid
         yield base

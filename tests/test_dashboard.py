@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.polling import eventually
-from tests.services import serving
+from tests.services import QUICK_LEARNER, serving
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -74,16 +74,11 @@ def service(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> I
         tmp_path_factory.mktemp("dashboard"),
         model=tiny_model_dir,
         api_keys=f"{ADMIN}:admin;{PREDICTOR}:predict",
-        batch_size=8,
-        batch_wait_s=0.2,
-        snapshot_every=5,
-        snapshot_every_s=1,
+        **{**QUICK_LEARNER, "snapshot_every": 5},
         eval_every=2,
         probe_fraction=0.2,
-        learning_rate=1e-3,
         strategy="migu",
         loss="ce",
-        publish_every_s=0.5,
     ) as (base, _):
         feed(base, examples(40, LABELS, "first"))
         eventually(lambda: settled(base), 120, "the learner to apply the first feedback")
