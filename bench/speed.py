@@ -7,14 +7,14 @@ machine.
   against a bare PyTorch AdamW loop on the same model, batch and length over pre-tokenized tensors; both on
   RETENTIVE_LEARNER_THREADS torch threads, in alternating rounds;
 - MIGU step time against a plain AdamW step (bench.step_speed, steps interleaved);
-- prediction over HTTP against a real `retentive serve --no-learner`: p50 and p99 of one-text requests
-  against the bare forward pass `head(encoder(**batch))` on RETENTIVE_API_THREADS threads; texts/s from 16
-  concurrent clients against bare batched forward passes of 16;
-- ingest: examples/s through POST /v1/feedback in batches of 100 against pipelined XADD from redis-py;
-- then a real `retentive serve` with its learner: freshness (from a feedback POST until a prediction comes
-  from weights that applied it, seen as the new label appearing) and p99 prediction latency while the learner
-  trains flat out against the same with the learner paused, in alternating phases;
-- peak RSS (VmHWM) of the API replica and of the learner.
+- then one real `retentive serve` (API and learner child) over HTTP: freshness, from a feedback POST until a
+  prediction comes from weights that applied it (seen as the new label appearing); with the learner paused,
+  so that the API is a replica like any other, p50 and p99 of one-text requests against the bare forward
+  pass `head(encoder(**batch))` on RETENTIVE_API_THREADS threads, texts/s from 16 concurrent clients against
+  bare batched forward passes of 16, and ingest, examples/s through POST /v1/feedback in batches of 100,
+  against pipelined XADD from redis-py; then p99 while the learner trains flat out on a backlog against the
+  same with the learner paused, in alternating phases;
+- peak RSS (VmHWM) of the API process and of the learner.
 """
 
 from __future__ import annotations
@@ -59,6 +59,19 @@ AIMS = {
     "p99_learning_vs_paused": ("<=", 1.5),
     "ingest_vs_xadd": (">=", 0.5),
 }
+
+
+SERVICE_FIGURES = [
+    "predict_p50_ms",
+    "predict_p99_ms",
+    "bare_forward_ms",
+    "throughput_vs_bare",
+    "p99_learning_vs_paused",
+    "ingest_vs_xadd",
+    "freshness_s",
+    "learner_rss_mb",
+    "api_rss_mb",
+]
 
 
 @dataclass(frozen=True)
@@ -112,30 +125,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ["sgd", "migu"], sizes.steps, 2, defaults.batch_size, defaults.max_length, args.quick
         )
         migu_ratio = statistics.median(steps["migu"]) / statistics.median(steps["sgd"])
-        print("an API replica over HTTP ...", flush=True)
-        replica = replica_figures(model, sizes, defaults, Path(scratch) / "replica")
-        print("serve with its learner ...", flush=True)
-        learning = learning_service_figures(model, records, sizes, Path(scratch) / "service")
+        print("the service over HTTP ...", flush=True)
+        service = service_figures(model, records, sizes, defaults, Path(scratch) / "service")
 
     result = {
         **run_metadata("bench.speed"),
         "model": "tiny" if args.quick else "all-MiniLM-L6-v2",
         "learner_vs_bare": learner["ratio"],
         "migu_vs_sgd_step": migu_ratio,
-        "predict_p50_ms": replica["predict_p50_ms"],
-        "predict_p99_ms": replica["predict_p99_ms"],
-        "bare_forward_ms": replica["bare_forward_ms"],
-        "throughput_vs_bare": replica["throughput_vs_bare"],
-        "p99_learning_vs_paused": learning["p99_learning_vs_paused"],
-        "ingest_vs_xadd": replica["ingest_vs_xadd"],
-        "freshness_s": learning["freshness_s"],
-        "learner_rss_mb": learning["learner_rss_mb"],
-        "api_rss_mb": replica["api_rss_mb"],
+        **{key: service[key] for key in SERVICE_FIGURES},
         "details": {
             "learner": learner,
             "step_s": {name: statistics.median(times) for name, times in steps.items()},
-            "replica": replica,
-            "learning_service": learning,
+            "service": service,
         },
     }
     result["aims"] = aims(result)
@@ -246,50 +248,81 @@ def loop_training(model: str, records: list[dict[str, str]], defaults: Settings,
         stop_embedded(data_dir)
 
 
-# --- an API replica ----------------------------------------------------------------------------------
+# --- the service over HTTP --------------------------------------------------------------------------
 
 
-def replica_figures(model: str, sizes: Sizes, defaults: Settings, data_dir: Path) -> dict[str, Any]:
-    torch.set_num_threads(defaults.api_threads)
-    classifier = _served_snapshot(model, Settings(model=model, data_dir=data_dir))
-    texts = [r["text"] for r in read_split("agnews", "test", max(sizes.requests, 64))]
-    with serving(data_dir, "--no-learner", model=model) as (base, process):
+def service_figures(
+    model: str, records: list[dict[str, str]], sizes: Sizes, defaults: Settings, data_dir: Path
+) -> dict[str, Any]:
+    """One real `retentive serve` (API and learner child). With the learner paused the API is a replica
+    like any other: prediction latency, throughput and ingest are measured then, against their bare
+    references; freshness before, and serving while learning after, on a backlog."""
+    texts = [r["text"] for r in read_split("agnews", "test", max(sizes.requests, 200))]
+    with serving(data_dir, model=model) as (base, process):
         with httpx.Client(base_url=base, timeout=60) as client:
+            _post(client, records[:64])
+            eventually(lambda: _predicts(client), 600, "the first model")
+            freshness = [_freshness(client, trial) for trial in range(sizes.freshness_trials)]
+            _pause(client)
             for text in texts[:10]:
-                client.post("/v1/predict", json={"inputs": [text]}).raise_for_status()
+                _predicts(client, text)
             latencies = _sequential_predictions(client, texts[: sizes.requests])
             served_rate = _concurrent_predictions(base, texts, sizes.clients, sizes.client_requests)
             ingest = _ingest_rate(client, sizes.ingest_batches)
-        xadd = _xadd_rate(data_dir, sizes.ingest_batches)
-        api_rss = _peak_rss_mb(process.pid)
-    bare_ms = _bare_forward_ms(classifier, texts[: sizes.requests])
+            xadd = _xadd_rate(data_dir, sizes.ingest_batches)
+            api_rss = _peak_rss_mb(process.pid)
+            _post(client, records[64:])
+            client.post("/v1/learner/resume").raise_for_status()
+            learning, paused = _learning_and_paused_latencies(client, texts, sizes)
+        learner_rss = max(
+            (_peak_rss_mb(child.pid) for child in psutil.Process(process.pid).children()), default=0.0
+        )
+    torch.set_num_threads(defaults.api_threads)
+    classifier = _topic_classifier(model)
     bare_rate = _bare_batched_rate(classifier, texts, sizes.clients, sizes.client_requests)
     return {
         "predict_p50_ms": _percentile(latencies, 50),
         "predict_p99_ms": _percentile(latencies, 99),
-        "bare_forward_ms": bare_ms,
+        "bare_forward_ms": _bare_forward_ms(classifier, texts[: sizes.requests]),
         "served_texts_per_s": served_rate,
         "bare_batched_texts_per_s": bare_rate,
         "throughput_vs_bare": served_rate / bare_rate,
         "ingest_examples_per_s": ingest,
         "xadd_examples_per_s": xadd,
         "ingest_vs_xadd": ingest / xadd,
+        "freshness_s": statistics.median(freshness),
+        "freshness_trials_s": freshness,
+        "p99_learning_ms": _percentile(learning, 99),
+        "p99_paused_ms": _percentile(paused, 99),
+        "p50_learning_ms": _percentile(learning, 50),
+        "p50_paused_ms": _percentile(paused, 50),
+        "p99_learning_vs_paused": _percentile(learning, 99) / _percentile(paused, 99),
+        "requests_learning": len(learning),
+        "requests_paused": len(paused),
         "api_rss_mb": api_rss,
+        "learner_rss_mb": learner_rss,
         "api_threads": defaults.api_threads,
         "requests": sizes.requests,
         "clients": sizes.clients,
     }
 
 
-def _served_snapshot(model: str, settings: Settings) -> TextClassifier:
-    """A snapshot of a learner that knows the four news topics, as the replica will serve it."""
+def _topic_classifier(model: str) -> TextClassifier:
+    """The model with the four news topics, for the bare forward passes the served ones are set against."""
     tokenizer, encoder = load_encoder(model)
     learner = OnlineLearner(tokenizer, encoder, LearnerConfig(probe_fraction=0.0))
-    records = read_split("agnews", "train", 32)
-    learner.learn([Example(r["text"], r["label"]) for r in records])
-    learner.save(SnapshotStore(settings.snapshot_dir))
+    learner.learn([Example(r["text"], r["label"]) for r in read_split("agnews", "train", 32)])
     learner.model.eval()
     return learner.model
+
+
+def _predicts(client: httpx.Client, text: str = "x") -> bool:
+    return client.post("/v1/predict", json={"inputs": [text]}).status_code == 200
+
+
+def _pause(client: httpx.Client) -> None:
+    client.post("/v1/learner/pause").raise_for_status()
+    eventually(lambda: _learner_state(client) == "paused", 120, "the learner to pause")
 
 
 def _sequential_predictions(client: httpx.Client, texts: list[str]) -> list[float]:
@@ -346,7 +379,7 @@ def _ingest_rate(client: httpx.Client, batches: int) -> float:
 
 
 def _xadd_rate(data_dir: Path, batches: int) -> float:
-    """Pipelined XADD of the same entries, 100 per round trip, on the replica's Redis."""
+    """Pipelined XADD of the same entries, 100 per round trip, on the service's Redis."""
     client = connect("", data_dir)
     key = f"bench:xadd:{uuid.uuid4().hex}"
     entries = [
@@ -373,40 +406,6 @@ def _feedback_batch(size: int) -> list[dict[str, str]]:
     ]
 
 
-# --- serve with its learner --------------------------------------------------------------------------
-
-
-def learning_service_figures(
-    model: str, records: list[dict[str, str]], sizes: Sizes, data_dir: Path
-) -> dict[str, Any]:
-    with serving(data_dir, model=model) as (base, process):
-        with httpx.Client(base_url=base, timeout=60) as client:
-            _post(client, records[:64])
-            eventually(
-                lambda: client.post("/v1/predict", json={"inputs": ["x"]}).status_code == 200,
-                600,
-                "the first model",
-            )
-            freshness = [_freshness(client, trial) for trial in range(sizes.freshness_trials)]
-            _post(client, records[64:])
-            learning, paused = _learning_and_paused_latencies(client, sizes)
-        learner_rss = max(
-            (_peak_rss_mb(child.pid) for child in psutil.Process(process.pid).children()), default=0.0
-        )
-    return {
-        "freshness_s": statistics.median(freshness),
-        "freshness_trials_s": freshness,
-        "p99_learning_ms": _percentile(learning, 99),
-        "p99_paused_ms": _percentile(paused, 99),
-        "p50_learning_ms": _percentile(learning, 50),
-        "p50_paused_ms": _percentile(paused, 50),
-        "p99_learning_vs_paused": _percentile(learning, 99) / _percentile(paused, 99),
-        "requests_learning": len(learning),
-        "requests_paused": len(paused),
-        "learner_rss_mb": learner_rss,
-    }
-
-
 def _freshness(client: httpx.Client, trial: int) -> float:
     """Seconds from posting examples of a new label until a prediction ranks that label at all."""
     label = f"fresh-{trial}-{uuid.uuid4().hex[:6]}"
@@ -424,16 +423,16 @@ def _freshness(client: httpx.Client, trial: int) -> float:
     return time.perf_counter() - began
 
 
-def _learning_and_paused_latencies(client: httpx.Client, sizes: Sizes) -> tuple[list[float], list[float]]:
+def _learning_and_paused_latencies(
+    client: httpx.Client, texts: list[str], sizes: Sizes
+) -> tuple[list[float], list[float]]:
     """Alternating phases of one-text predictions: the learner training on a backlog, then paused."""
-    texts = [r["text"] for r in read_split("agnews", "test", 200)]
     learning: list[float] = []
     paused: list[float] = []
     for _ in range(sizes.phases):
         eventually(lambda: _learner_state(client) == "running", 120, "the learner to run")
         learning += _timed_phase(client, texts, sizes.phase_s)
-        client.post("/v1/learner/pause").raise_for_status()
-        eventually(lambda: _learner_state(client) == "paused", 120, "the learner to pause")
+        _pause(client)
         paused += _timed_phase(client, texts, sizes.phase_s)
         client.post("/v1/learner/resume").raise_for_status()
     return learning, paused
