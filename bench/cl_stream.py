@@ -216,12 +216,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     for order in chosen:
         tasks = load_tasks(orders[order], args.train_per_task, args.test_per_task, args.seed, root)
         print(f"{order}: {' -> '.join(orders[order])}", flush=True)
-        rows = {
-            run.spec: run_stream(
-                run, tasks, encoder_factory, args.batch, args.seed, lambda line: print(line, flush=True)
-            )
-            for run in runs
-        }
+        out = Path(args.out.format(order=order))
+        out.parent.mkdir(parents=True, exist_ok=True)
         result = {
             **run_metadata("bench.cl_stream"),
             "order": order,
@@ -234,11 +230,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
                 "max_len": args.max_len,
                 "seed": args.seed,
             },
-            "strategies": rows,
+            "strategies": {},
         }
-        out = Path(args.out.format(order=order))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        for run in runs:
+            row = run_stream(
+                run, tasks, encoder_factory, args.batch, args.seed, lambda x: print(x, flush=True)
+            )
+            result["strategies"][run.spec] = row
+            # Written after every row: a long run that stops early keeps what it finished.
+            out.write_text(json.dumps(result, indent=2) + "\n")
         if args.plots:
             plot_cl_results(result, out.with_suffix(".png"))
         print_summary(result)
