@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from learner.encoder import tiny_bert
 from streams.connection import connect, stop_embedded
 
 # A learner that trains, snapshots and publishes within about a second, for tests that wait on it.
@@ -66,6 +67,14 @@ def wait_ready(base: str, process: subprocess.Popen) -> None:
             pass
         time.sleep(0.3)
     raise AssertionError("serve did not become ready in 120 s")
+
+
+def save_tiny_model(directory: Path) -> str:
+    """The tiny test model saved as a model directory that `RETENTIVE_MODEL` can name."""
+    tokenizer, encoder = tiny_bert(seed=0)
+    tokenizer.save_pretrained(directory)
+    encoder.save_pretrained(directory)
+    return str(directory)
 
 
 def serve_log(data_dir: Path) -> Path:

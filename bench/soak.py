@@ -21,10 +21,8 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,7 +37,8 @@ import httpx
 
 from bench.meta import run_metadata
 from bench.predict_batching import LABELS, WORDS
-from learner.encoder import default_model_path, tiny_bert
+from bench.service import free_port, save_tiny_model, serve_log, service_env
+from learner.encoder import default_model_path
 from learner.snapshots import SnapshotStore
 from streams.connection import connect, stop_embedded
 from streams.keys import StreamKeys
@@ -60,13 +59,13 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=1_000_000, help="stop after this many")
     parser.add_argument("--quick", action="store_true", help="tiny model for 10 seconds (a smoke run)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/soak.json"))
-    parser.add_argument("--keep", type=Path, help="keep the data directory (and serve.log) here")
+    parser.add_argument("--keep", type=Path, help="keep the data directory (and logs/serve.log) here")
     args = parser.parse_args()
     seconds = 10.0 if args.quick else args.minutes * 60
 
     with tempfile.TemporaryDirectory(prefix="retentive-soak-") as scratch:
         root = Path(scratch)
-        model = _tiny_model(root / "tiny") if args.quick else str(default_model_path())
+        model = save_tiny_model(root / "tiny") if args.quick else str(default_model_path())
         data_dir = args.keep or root / "data"
         try:
             with _service(model, data_dir) as base:
@@ -100,31 +99,15 @@ class Load:
         return sum(sum(counts.values()) for counts in self.statuses.values())
 
 
-def _tiny_model(directory: Path) -> str:
-    tokenizer, encoder = tiny_bert(seed=0)
-    tokenizer.save_pretrained(directory)
-    encoder.save_pretrained(directory)
-    return str(directory)
-
-
 @contextlib.contextmanager
 def _service(model: str, data_dir: Path) -> Iterator[str]:
-    """`retentive serve` on a free loopback port, in test mode (ledger on), stopped with SIGTERM."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    unset = ("REDIS_URL", "RETENTIVE_REDIS_URL")
-    env = {name: value for name, value in os.environ.items() if name not in unset}
-    env |= {
-        "HF_HUB_OFFLINE": "1",
-        "RETENTIVE_MODEL": model,
-        "RETENTIVE_DATA_DIR": str(data_dir),
-        "RETENTIVE_HOST": "127.0.0.1",
-        "RETENTIVE_PORT": str(port),
-        "RETENTIVE_LEDGER": "true",
-    }
-    data_dir.mkdir(parents=True)
-    with (data_dir / "serve.log").open("wb") as log:
+    """`retentive serve` on a free loopback port, in test mode (ledger on), stopped with SIGTERM. The
+    embedded Redis stays up, so that what the learner left in the stream can be accounted for."""
+    port = free_port()
+    env = service_env(data_dir, model=model, host="127.0.0.1", port=port, ledger="true")
+    log_path = serve_log(data_dir)
+    log_path.parent.mkdir(parents=True)
+    with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
         )

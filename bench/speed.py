@@ -41,10 +41,10 @@ from torch.nn import functional
 from app.settings import Settings
 from bench.data import read_split
 from bench.meta import run_metadata
-from bench.service import eventually, serving
+from bench.service import eventually, save_tiny_model, serving
 from bench.step_speed import step_times
 from learner.classifier import TextClassifier
-from learner.encoder import default_model_path, load_encoder, mean_pool, tiny_bert
+from learner.encoder import default_model_path, load_encoder, mean_pool
 from learner.loop import LearnerLoop
 from learner.online import Example, LearnerConfig, OnlineLearner
 from learner.snapshots import SnapshotStore
@@ -461,13 +461,7 @@ def _post(client: httpx.Client, records: list[dict[str, str]]) -> None:
 
 
 def _model_dir(scratch: Path, quick: bool) -> str:
-    if not quick:
-        return str(default_model_path())
-    directory = scratch / "tiny-model"
-    tokenizer, encoder = tiny_bert(seed=0)
-    tokenizer.save_pretrained(directory)
-    encoder.save_pretrained(directory)
-    return str(directory)
+    return save_tiny_model(scratch / "tiny-model") if quick else str(default_model_path())
 
 
 def _training_records(count: int) -> list[dict[str, str]]:

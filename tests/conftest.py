@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from bench.service import save_tiny_model
 from learner.encoder import Encoder, tiny_bert
 from streams.connection import connect, stop_embedded
 from tests.learners import LearnerHarness, learner_harness
@@ -37,9 +38,7 @@ def tiny_encoder() -> Encoder:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model saved as a model directory, for processes started by a test."""
     directory = tmp_path_factory.mktemp("tiny-model")
-    tokenizer, model = tiny_bert(seed=0)
-    tokenizer.save_pretrained(directory)
-    model.save_pretrained(directory)
+    save_tiny_model(directory)
     return directory
 
 
