@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from streams.embedded import EmbeddedRedis
+from streams.heartbeats import alive
 from streams.producer import FeedbackProducer
 from streams.records import FeedbackRecord
 from tests.conftest import RedisTarget
@@ -67,7 +68,14 @@ def test_standby_takes_over_within_the_lease(harness: LearnerHarness) -> None:
     active = harness.start(name="active")
     harness.wait_for(lambda: harness.counters().get("applied", 0) > 0, timeout=120, what="the first snapshot")
     standby = harness.start(name="standby")
-    time.sleep(3)
+    # Starting a learner (torch, the model) takes seconds on a busy machine: wait until it is waiting.
+    harness.wait_for(
+        lambda: (
+            [r["state"] for r in alive(harness.client, harness.keys.learners).values()].count("standby") == 1
+        ),
+        timeout=120,
+        what="the second learner to stand by",
+    )
     holder = harness.client.get(harness.keys.lease)
     kill(active)
     killed_at = time.monotonic()
