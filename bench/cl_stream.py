@@ -4,7 +4,7 @@
                               [--strategies sgd,migu,replay,migu+replay,joint] [--loss ace] [--head linear]
                               [--train-per-task 1000] [--test-per-task 300] [--seed 0]
                               [--max-len 128] [--lr 1e-4] [--quantile 0.7] [--quick]
-                              [--out bench/results/cl_stream_{order}.json]
+                              [--out bench/results/cl_stream_{order}.json] [--resume]
 
 Each strategy learns the stream from scratch through the same `OnlineLearner` the service runs, one pass,
 in micro-batches, with every label in one open head (amazon and yelp share their five ratings). After each
@@ -184,6 +184,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser.add_argument("--quick", action="store_true", help="tiny model, a few examples: a smoke run")
     parser.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--out", default="bench/results/cl_stream_{order}.json")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows already in --out (same config) and run only the missing ones",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -218,32 +223,56 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         print(f"{order}: {' -> '.join(orders[order])}", flush=True)
         out = Path(args.out.format(order=order))
         out.parent.mkdir(parents=True, exist_ok=True)
-        result = {
-            **run_metadata("bench.cl_stream"),
-            "order": order,
-            "tasks": orders[order],
+        config = {
+            "train_per_task": args.train_per_task,
+            "test_per_task": args.test_per_task,
+            "batch": args.batch,
+            "max_len": args.max_len,
+            "seed": args.seed,
             "model": "tiny" if args.quick else "all-MiniLM-L6-v2",
-            "config": {
-                "train_per_task": args.train_per_task,
-                "test_per_task": args.test_per_task,
-                "batch": args.batch,
-                "max_len": args.max_len,
-                "seed": args.seed,
-            },
-            "strategies": {},
         }
+        earlier = _rows_in(out, config) if args.resume else {}
+        finished: dict[str, dict[str, Any]] = {}
         for run in runs:
+            if run.spec in earlier:
+                print(f"{run.spec}: already in {out}, kept", flush=True)
+                continue
             row = run_stream(
                 run, tasks, encoder_factory, args.batch, args.seed, lambda x: print(x, flush=True)
             )
-            result["strategies"][run.spec] = row
-            # Written after every row: a long run that stops early keeps what it finished.
+            finished[run.spec] = {**row, "run": run_metadata("bench.cl_stream")}
+            # Written after every row: a long run that stops keeps what it finished. With --resume the
+            # file is re-read first, so runs of other rows of the same order can share it.
+            rows = _rows_in(out, config) if args.resume else {}
+            result = _result_file(order, orders[order], config, {**rows, **finished})
             out.write_text(json.dumps(result, indent=2) + "\n")
+        result = _result_file(order, orders[order], config, {**_rows_in(out, config), **finished})
         if args.plots:
             plot_cl_results(result, out.with_suffix(".png"))
         print_summary(result)
         results[order] = result
     return results
+
+
+def _rows_in(path: Path, config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The rows of an earlier result file, when it was measured with the same config."""
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    return earlier["strategies"] if earlier.get("config") == config else {}
+
+
+def _result_file(
+    order: str, tasks: list[str], config: dict[str, Any], rows: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        **run_metadata("bench.cl_stream"),
+        "order": order,
+        "tasks": tasks,
+        "model": config["model"],
+        "config": config,
+        "strategies": rows,
+    }
 
 
 def print_summary(result: dict[str, Any]) -> None:
