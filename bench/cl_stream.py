@@ -240,13 +240,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
             row = run_stream(
                 run, tasks, encoder_factory, args.batch, args.seed, lambda x: print(x, flush=True)
             )
-            finished[run.spec] = {**row, "run": run_metadata("bench.cl_stream")}
+            finished[run.spec] = {**row, "run": run_metadata("bench.cl_stream", argv)}
             # Written after every row: a long run that stops keeps what it finished. With --resume the
             # file is re-read first, so runs of other rows of the same order can share it.
             rows = _rows_in(out, config) if args.resume else {}
-            result = _result_file(order, orders[order], config, {**rows, **finished})
+            result = _result_file(order, orders[order], config, {**rows, **finished}, argv)
             out.write_text(json.dumps(result, indent=2) + "\n")
-        result = _result_file(order, orders[order], config, {**_rows_in(out, config), **finished})
+        result = _result_file(order, orders[order], config, {**_rows_in(out, config), **finished}, argv)
         if args.plots:
             plot_cl_results(result, out.with_suffix(".png"))
         print_summary(result)
@@ -263,10 +263,14 @@ def _rows_in(path: Path, config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _result_file(
-    order: str, tasks: list[str], config: dict[str, Any], rows: dict[str, dict[str, Any]]
+    order: str,
+    tasks: list[str],
+    config: dict[str, Any],
+    rows: dict[str, dict[str, Any]],
+    argv: list[str] | None,
 ) -> dict[str, Any]:
     return {
-        **run_metadata("bench.cl_stream"),
+        **run_metadata("bench.cl_stream", argv),
         "order": order,
         "tasks": tasks,
         "model": config["model"],

@@ -11,10 +11,10 @@ from typing import Any
 import torch
 
 
-def run_metadata(module: str) -> dict[str, Any]:
+def run_metadata(module: str, argv: list[str] | None = None) -> dict[str, Any]:
     """`module` is the benchmark's dotted name, so the recorded command can be pasted back into a shell."""
     return {
-        "command": " ".join(["python", "-m", module, *sys.argv[1:]]),
+        "command": " ".join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)]),
         "commit": _git_commit(),
         "machine": f"{platform.machine()} {platform.processor() or platform.node()}, {_cpu_count()} cpus",
         "torch": torch.__version__,
