@@ -3,9 +3,10 @@ machine.
 
     python -m bench.speed [--quick] [--out bench/results/speed.json]
 
-- learner: trained examples/s of the real learner loop consuming from an embedded Redis (service defaults)
-  against a bare PyTorch AdamW loop on the same model, batch and length over pre-tokenized tensors; both on
-  RETENTIVE_LEARNER_THREADS torch threads, in alternating rounds;
+- learner: trained examples/s of the real learner loop consuming from an embedded Redis, running the bare
+  loop's update, against a bare PyTorch AdamW loop on the same model, batch and length over pre-tokenized
+  tensors, and the loop with the service's default strategy beside them; all on RETENTIVE_LEARNER_THREADS
+  torch threads, in alternating rounds;
 - MIGU step time against a plain AdamW step (bench.step_speed, steps interleaved);
 - then one real `retentive serve` (API and learner child) over HTTP: freshness, from a feedback POST until a
   prediction comes from weights that applied it (seen as the new label appearing); with the learner paused,
@@ -169,21 +170,35 @@ def aims(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def learner_throughput(
     model: str, records: list[dict[str, str]], rounds: int, defaults: Settings, scratch: str
 ) -> dict[str, Any]:
-    """Alternating rounds of the bare loop and the learner loop; the ratio of their summed rates."""
+    """Alternating rounds of the bare loop and the learner loop; the ratio of their summed rates.
+
+    The ratio is like for like: the loop runs the bare loop's update (plain AdamW, linear head, its learning
+    rates) with everything else of the service around it, so it measures the loop's own cost. The default
+    strategy's rate, which replays old examples beside each new batch, is reported beside it."""
     torch.set_num_threads(defaults.learner_threads)
-    bare, loop = [], []
+    like_bare = defaults.model_copy(
+        update={"strategy": "sgd", "head": "linear", "learning_rate": 1e-4, "head_learning_rate": 1e-2}
+    )
+    bare, loop, default = [], [], []
     for round_ in range(rounds):
         bare.append(bare_training(model, records, defaults.batch_size, defaults.max_length))
-        loop.append(loop_training(model, records, defaults, Path(scratch) / f"loop-{round_}"))
-    bare_rate = sum(r["examples"] for r in bare) / sum(r["seconds"] for r in bare)
-    loop_rate = sum(r["examples"] for r in loop) / sum(r["seconds"] for r in loop)
+        loop.append(loop_training(model, records, like_bare, Path(scratch) / f"loop-{round_}"))
+        default.append(loop_training(model, records, defaults, Path(scratch) / f"default-{round_}"))
+    bare_rate, loop_rate, default_rate = (_rate(runs) for runs in (bare, loop, default))
     return {
         "bare_examples_per_s": bare_rate,
         "loop_examples_per_s": loop_rate,
         "ratio": loop_rate / bare_rate,
+        "default_strategy": defaults.strategy,
+        "default_examples_per_s": default_rate,
+        "default_vs_bare": default_rate / bare_rate,
         "threads": defaults.learner_threads,
-        "rounds": {"bare": bare, "loop": loop},
+        "rounds": {"bare": bare, "loop": loop, "default": default},
     }
+
+
+def _rate(runs: list[dict[str, float]]) -> float:
+    return sum(r["examples"] for r in runs) / sum(r["seconds"] for r in runs)
 
 
 def bare_training(model: str, records: list[dict[str, str]], batch: int, max_len: int) -> dict[str, float]:
@@ -495,6 +510,11 @@ def print_summary(result: dict[str, Any]) -> None:
         print(f"  {key:<26}{checked['value']:>10.3f}   aim {checked['aim']:<28}{mark}")
     for key in ("predict_p99_ms", "freshness_s", "learner_rss_mb", "api_rss_mb"):
         print(f"  {key:<26}{result[key]:>10.3f}")
+    learner = result["details"]["learner"]
+    print(
+        f"  learner, default strategy {learner['default_strategy']}: "
+        f"{learner['default_examples_per_s']:.1f} examples/s, {learner['default_vs_bare']:.2f}x bare"
+    )
 
 
 if __name__ == "__main__":

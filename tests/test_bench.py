@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.settings import Settings
 from bench import cl_stream, speed
 from learner.forgetting import task_metrics
 
@@ -93,3 +94,5 @@ def test_speed_quick_measures_every_figure_against_its_reference(tmp_path: Path,
     assert set(result["aims"]) == {*speed.AIMS, "predict_p50_ms"}
     service = result["details"]["service"]
     assert service["requests_learning"] > 0 and service["requests_paused"] > 0
+    learner = result["details"]["learner"]
+    assert learner["default_strategy"] == Settings().strategy and learner["default_examples_per_s"] > 0
