@@ -10,6 +10,9 @@ Each strategy learns the stream from scratch through the same `OnlineLearner` th
 in micro-batches, with every label in one open head (amazon and yelp share their five ratings). After each
 task's portion of the stream it is evaluated on every task's test set, predicting over all labels it knows:
 that is the accuracy matrix, matrix[i][j] = accuracy on task j after the stream went through task i.
+Beside it, `within_task_matrix` holds the same accuracy with each prediction restricted to the task's own
+labels, as if the task were named: where it stays up while the matrix falls, the encoder still tells the
+old task's classes apart and the forgetting is in the head, where new labels outscore old ones.
 A task none of whose labels the head holds yet scores 0.0 without being run. `joint` learns the shuffled
 union of all tasks (the upper bound, not a continual method), evaluated after each quarter of its stream.
 
@@ -101,11 +104,19 @@ def load_tasks(order: list[str], train: int, test: int, seed: int, root: Path) -
     return tasks
 
 
-def accuracy(learner: OnlineLearner, task: Task) -> float:
+def accuracies(learner: OnlineLearner, task: Task) -> tuple[float, float]:
+    """Accuracy over every label the head knows, and within the task's own labels (as if the task were
+    named): the gap between the two is forgetting in the head's competition between tasks, not in what
+    the encoder still tells apart."""
     if not task.labels & set(learner.model.labels):
-        return 0.0
-    predictions = learner.predict([r["text"] for r in task.test])
-    return sum(p.label == r["label"] for p, r in zip(predictions, task.test, strict=True)) / len(task.test)
+        return 0.0, 0.0
+    predictions = learner.predict([r["text"] for r in task.test], top_k=len(learner.model.labels))
+    hits = within = 0
+    for prediction, record in zip(predictions, task.test, strict=True):
+        hits += prediction.label == record["label"]
+        own = next(scored.label for scored in prediction.top if scored.label in task.labels)
+        within += own == record["label"]
+    return hits / len(task.test), within / len(task.test)
 
 
 def portions(run: Run, tasks: list[Task], seed: int) -> list[list[Example]]:
@@ -125,6 +136,7 @@ def run_stream(
     initial = {name: weight.detach().clone() for name, weight in encoder.named_parameters()}
     learner = OnlineLearner(tokenizer, encoder, run.config)
     matrix: list[list[float]] = []
+    within_task: list[list[float]] = []
     train_s = 0.0
     began = time.perf_counter()
     for position, portion in enumerate(portions(run, tasks, seed)):
@@ -132,7 +144,9 @@ def run_stream(
         for start in range(0, len(portion), batch):
             learner.learn(portion[start : start + batch])
         train_s += time.perf_counter() - started
-        matrix.append([accuracy(learner, task) for task in tasks])
+        measured = [accuracies(learner, task) for task in tasks]
+        matrix.append([overall for overall, _ in measured])
+        within_task.append([own for _, own in measured])
         after = f"quarter {position + 1}" if run.joint else tasks[position].name
         log(f"  {run.spec:<28} after {after:<10} " + " ".join(f"{a:.3f}" for a in matrix[-1]))
     metrics = task_metrics(matrix)
@@ -147,6 +161,9 @@ def run_stream(
         "forgetting": metrics.forgetting,
         "bwt": metrics.bwt,
         "matrix": matrix,
+        "within_task_matrix": within_task,
+        "within_task_aa": task_metrics(within_task).aa,
+        "within_task_forgetting": task_metrics(within_task).forgetting,
         "examples_per_s": trained / train_s,
         "encoder_drift": encoder_drift(initial, encoder),
         "skipped_steps": learner.counters.skipped_steps,

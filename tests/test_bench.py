@@ -35,6 +35,9 @@ def test_cl_stream_quick_writes_a_matrix_and_metrics_per_strategy(
     for spec, row in result["strategies"].items():
         assert len(row["matrix"]) == 4 and all(len(line) == 4 for line in row["matrix"]), spec
         assert all(0.0 <= value <= 1.0 for line in row["matrix"] for value in line)
+        # Naming the task can only remove wrong answers.
+        for overall, within in zip(row["matrix"], row["within_task_matrix"], strict=True):
+            assert all(a <= b <= 1.0 for a, b in zip(overall, within, strict=True)), spec
         metrics = task_metrics(row["matrix"])
         assert (row["aa"], row["forgetting"], row["bwt"]) == (metrics.aa, metrics.forgetting, metrics.bwt)
         assert (
