@@ -27,13 +27,16 @@ TRAINER = "trainer"
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    """Everything that shapes learning; the stability/plasticity trade-off is lr, quantile and replay."""
+    """Everything that shapes learning; the stability/plasticity trade-off is lr, quantile and replay.
 
-    strategy: str = "migu"
+    The defaults are the best strategy, head and learning rate measured by `python -m bench.cl_stream`
+    (the README's Results say which runs)."""
+
+    strategy: str = "replay"
     loss: LossKind = "ace"
-    head: HeadKind = "linear"
+    head: HeadKind = "cosine"
     imprint: bool = True
-    lr: float = 1e-4
+    lr: float = 5e-5
     head_lr: float = 1e-2
     weight_decay: float = 0.01
     quantile: float = 0.7

@@ -1,4 +1,5 @@
-"""The default model learns two tasks from a stream, on the real benchmark data (slow: about a minute)."""
+"""The default model with the default settings learns two tasks from a stream, on the real benchmark data
+(slow: a few minutes)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ SENTIMENTS = {"negative", "neutral", "positive", "very negative", "very positive
 
 
 @pytest.mark.slow
-def test_migu_learns_agnews_then_amazon(cl_stream_dir: Path) -> None:
+def test_the_defaults_learn_agnews_then_amazon(cl_stream_dir: Path) -> None:
     torch.set_num_threads(2)
     tokenizer, encoder = load_encoder(default_model_path())
-    learner = OnlineLearner(tokenizer, encoder, LearnerConfig(strategy="migu", probe_fraction=0.0))
+    learner = OnlineLearner(tokenizer, encoder, LearnerConfig(probe_fraction=0.0))
     for task in ("agnews", "amazon"):
         records = read_split(task, "train", 200, root=cl_stream_dir)
         for start in range(0, len(records), 16):

@@ -66,7 +66,10 @@ def start_loop(
     tokenizer, model = encoder
     store = SnapshotStore(root / "snapshots", keep=50)
     learner = OnlineLearner(
-        tokenizer, copy.deepcopy(model), LearnerConfig(lr=1e-3, eval_every=2, probe_fraction=0.0), store=store
+        tokenizer,
+        copy.deepcopy(model),
+        LearnerConfig(strategy="migu", lr=1e-3, eval_every=2, probe_fraction=0.0),
+        store=store,
     )
     loop = LearnerLoop(
         learner,
@@ -197,6 +200,11 @@ def test_a_registered_probe_is_evaluated_at_once_and_dropped_when_deleted(runnin
     eventually(lambda: "golden" not in evaluated_probes(), 60, "the probe to be gone")
 
 
+def updates_published(store: SnapshotStore) -> int | None:
+    manifest = store.latest()
+    return manifest.info["updates"] if manifest else None
+
+
 def test_weights_are_published_between_snapshots_and_served(
     tiny_encoder: Encoder, tiny_model_dir: Path, redis_client: redis.Redis, key_prefix: str, tmp_path: Path
 ) -> None:
@@ -204,7 +212,10 @@ def test_weights_are_published_between_snapshots_and_served(
     published = SnapshotStore(tmp_path / "published")
     with start_loop(tiny_encoder, redis_client, keys, tmp_path, publish_every_s=0.2) as running:
         running.feed(16)
-        eventually(lambda: published.max_version() > 0, 60, "a weights publication")
+        eventually(lambda: running.applied() == 16, 60, "the feedback to be applied")
+        updates = running.learner.counters.updates
+        # Settled on the publication of the last update, so no newer one can land between the checks.
+        eventually(lambda: updates_published(published) == updates, 60, "the last update's weights")
         assert running.loop.store.latest() is None
         holder = ModelHolder(str(tiny_model_dir), SnapshotStore(tmp_path / "snapshots"), published)
         assert holder.refresh()

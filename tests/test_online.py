@@ -63,7 +63,7 @@ def test_label_cap_refuses_the_batch_and_changes_nothing() -> None:
 
 @pytest.mark.parametrize("strategy", ["sgd", "migu"])
 def test_non_finite_loss_skips_the_step_and_keeps_weights(strategy: str) -> None:
-    learner = make_learner(strategy=strategy)
+    learner = make_learner(strategy=strategy, head="linear")
     learner.train_step(SPORTS[:2] + FINANCE[:2], ["sports", "sports", "finance", "finance"])
     with torch.no_grad():
         learner.model.head.bias[0] = float("inf")
