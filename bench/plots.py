@@ -15,10 +15,16 @@ def plot_cl_results(result: dict[str, Any], path: Path) -> None:
     """One accuracy-matrix heatmap per strategy and a bar chart of AA and forgetting, in one figure."""
     rows = result["strategies"]
     tasks = result["tasks"]
-    figure, axes = plt.subplots(1, len(rows) + 1, figsize=(3.4 * (len(rows) + 1) + 1, 3.8), squeeze=False)
-    for axis, (spec, row) in zip(axes[0], rows.items(), strict=False):
+    panels = len(rows) + 1
+    columns = min(3, panels)
+    lines = -(-panels // columns)
+    figure, axes = plt.subplots(lines, columns, figsize=(4.4 * columns, 4.2 * lines), squeeze=False)
+    cells = list(axes.flat)
+    for axis, (spec, row) in zip(cells, rows.items(), strict=False):
         _heatmap(axis, row["matrix"], tasks, row, spec)
-    _bars(axes[0][-1], rows)
+    _bars(cells[len(rows)], rows)
+    for axis in cells[panels:]:
+        axis.set_visible(False)
     figure.suptitle(f"cl_stream {result['order']}: {' → '.join(tasks)} ({result['model']})")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -29,7 +35,8 @@ def _heatmap(axis: Any, matrix: list[list[float]], tasks: list[str], row: dict[s
     axis.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
     for i, line in enumerate(matrix):
         for j, value in enumerate(line):
-            axis.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "k")
+            colour = "white" if value < 0.6 else "k"
+            axis.text(j, i, f"{value:.2f}", ha="center", va="center", color=colour, fontsize=8)
     axis.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=8)
     stages = [f"q{i + 1}" for i in range(len(matrix))] if row["joint"] else tasks
     axis.set_yticks(range(len(matrix)), [f"after {s}" for s in stages], fontsize=8)
@@ -39,9 +46,14 @@ def _heatmap(axis: Any, matrix: list[list[float]], tasks: list[str], row: dict[s
 def _bars(axis: Any, rows: dict[str, dict[str, Any]]) -> None:
     names = list(rows)
     positions = range(len(names))
-    axis.bar([p - 0.2 for p in positions], [rows[n]["aa"] for n in names], 0.4, label="AA")
-    axis.bar([p + 0.2 for p in positions], [rows[n]["forgetting"] for n in names], 0.4, label="forgetting")
-    axis.set_xticks(list(positions), names, rotation=45, ha="right", fontsize=8)
-    axis.set_ylim(0, 1)
+    aa = axis.bar([p - 0.2 for p in positions], [rows[n]["aa"] for n in names], 0.4, label="AA")
+    forgetting = [rows[n]["forgetting"] for n in names]
+    lost = axis.bar([p + 0.2 for p in positions], forgetting, 0.4, label="forgetting")
+    axis.bar_label(aa, fmt="%.2f", fontsize=7)
+    axis.bar_label(lost, fmt="%.2f", fontsize=7)
+    # A spec's settings one per line, so long specs stay readable under their bars.
+    axis.set_xticks(list(positions), [n.replace("@", "\n") for n in names], fontsize=7)
+    axis.set_ylim(min(0.0, *forgetting) - 0.02, 1)
+    axis.axhline(0.0, color="k", linewidth=0.5)
     axis.legend(fontsize=8)
     axis.set_title("average accuracy and forgetting", fontsize=9)
