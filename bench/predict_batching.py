@@ -1,7 +1,7 @@
 """Prediction throughput through PredictBatcher, against one text per forward pass and against full batches.
 
     python -m bench.predict_batching [--model tiny|default] [--clients 32] [--requests 256] [--max-batch 32]
-                                     [--max-wait-ms 5] [--out bench/results/predict_batching.json]
+                                     [--max-wait-ms 0] [--out bench/results/predict_batching.json]
 
 The same texts go through the same model three ways in one run, on one torch thread as the API uses by
 default: (a) `predict` on one text at a time, one call after another; (b) `--clients` concurrent submitters,
@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from app.batching import PredictBatcher
+from app.settings import Settings
 from bench.meta import run_metadata
 from learner.classifier import TextClassifier
 from learner.encoder import default_model_path, load_encoder, tiny_bert
@@ -53,7 +54,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--max-batch", type=int, default=32)
-    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--max-wait-ms", type=float, default=Settings().predict_max_wait_ms)
     parser.add_argument("--out", type=Path, default=Path("bench/results/predict_batching.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
