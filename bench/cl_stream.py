@@ -149,7 +149,7 @@ def run_stream(
         within_task.append([own for _, own in measured])
         after = f"quarter {position + 1}" if run.joint else tasks[position].name
         log(f"  {run.spec:<28} after {after:<10} " + " ".join(f"{a:.3f}" for a in matrix[-1]))
-    metrics = task_metrics(matrix)
+    metrics, within_metrics = task_metrics(matrix), task_metrics(within_task)
     trained = learner.counters.examples_trained
     return {
         "strategy": run.config.strategy,
@@ -162,8 +162,8 @@ def run_stream(
         "bwt": metrics.bwt,
         "matrix": matrix,
         "within_task_matrix": within_task,
-        "within_task_aa": task_metrics(within_task).aa,
-        "within_task_forgetting": task_metrics(within_task).forgetting,
+        "within_task_aa": within_metrics.aa,
+        "within_task_forgetting": within_metrics.forgetting,
         "examples_per_s": trained / train_s,
         "encoder_drift": encoder_drift(initial, encoder),
         "skipped_steps": learner.counters.skipped_steps,
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
             "model": "tiny" if args.quick else "all-MiniLM-L6-v2",
         }
         earlier = _rows_in(out, config) if args.resume else {}
-        finished: dict[str, dict[str, Any]] = {}
+        result = _result_file(order, orders[order], config, earlier, argv)
         for run in runs:
             if run.spec in earlier:
                 print(f"{run.spec}: already in {out}, kept", flush=True)
@@ -257,13 +257,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
             row = run_stream(
                 run, tasks, encoder_factory, args.batch, args.seed, lambda x: print(x, flush=True)
             )
-            finished[run.spec] = {**row, "run": run_metadata("bench.cl_stream", argv)}
-            # Written after every row: a long run that stops keeps what it finished. With --resume the
-            # file is re-read first, so runs of other rows of the same order can share it.
-            rows = _rows_in(out, config) if args.resume else {}
-            result = _result_file(order, orders[order], config, {**rows, **finished}, argv)
-            out.write_text(json.dumps(result, indent=2) + "\n")
-        result = _result_file(order, orders[order], config, {**_rows_in(out, config), **finished}, argv)
+            row["run"] = run_metadata("bench.cl_stream", argv)
+            result = _add_row(out, result, run.spec, row, args.resume)
         if args.plots:
             plot_cl_results(result, out.with_suffix(".png"))
         print_summary(result)
@@ -277,6 +272,17 @@ def _rows_in(path: Path, config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         return {}
     earlier = json.loads(path.read_text())
     return earlier["strategies"] if earlier.get("config") == config else {}
+
+
+def _add_row(
+    out: Path, result: dict[str, Any], spec: str, row: dict[str, Any], resume: bool
+) -> dict[str, Any]:
+    """Write `result` with `row` added, after every row: a long run that stops keeps what it finished.
+    With `resume` the file is re-read first, so runs of other rows of the same order can share it."""
+    rows = _rows_in(out, result["config"]) if resume else result["strategies"]
+    result = {**result, "strategies": {**rows, spec: row}}
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def _result_file(

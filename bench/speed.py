@@ -53,6 +53,9 @@ from streams.connection import connect, stop_embedded
 from streams.producer import FeedbackProducer
 from streams.records import FeedbackRecord
 
+# The bare loop's learning rates, which the like-for-like learner loop runs with too.
+BARE_LR, BARE_HEAD_LR = 1e-4, 1e-2
+
 AIMS = {
     "learner_vs_bare": (">=", 0.85),
     "migu_vs_sgd_step": ("<=", 1.0),
@@ -177,7 +180,12 @@ def learner_throughput(
     strategy's rate, which replays old examples beside each new batch, is reported beside it."""
     torch.set_num_threads(defaults.learner_threads)
     like_bare = defaults.model_copy(
-        update={"strategy": "sgd", "head": "linear", "learning_rate": 1e-4, "head_learning_rate": 1e-2}
+        update={
+            "strategy": "sgd",
+            "head": "linear",
+            "learning_rate": BARE_LR,
+            "head_learning_rate": BARE_HEAD_LR,
+        }
     )
     bare, loop, default = [], [], []
     for round_ in range(rounds):
@@ -207,7 +215,7 @@ def bare_training(model: str, records: list[dict[str, str]], batch: int, max_len
     labels = sorted({r["label"] for r in records})
     head = nn.Linear(encoder.config.hidden_size, len(labels))
     optimizer = torch.optim.AdamW(
-        [{"params": encoder.parameters(), "lr": 1e-4}, {"params": head.parameters(), "lr": 1e-2}],
+        [{"params": encoder.parameters(), "lr": BARE_LR}, {"params": head.parameters(), "lr": BARE_HEAD_LR}],
         weight_decay=0.01,
     )
     batches = []
