@@ -17,7 +17,7 @@ from app.feed import RetryPolicy, direct_sender, http_sender, open_input, progre
 from app.feed import feed as feed_lines
 from app.settings import ConfigError, Settings, load_settings
 from learner.encoder import ModelNotFoundError
-from streams.connection import RedisUnavailableError
+from streams.connection import RedisUnavailableError, embedded_server
 
 cli = typer.Typer(
     help="Online continual learner for transformer text classifiers, served behind a REST API.",
@@ -57,7 +57,8 @@ def doctor(model: ModelOpt = None, data_dir: DataDirOpt = None, redis_url: Redis
 
     settings = _settings(model=model, data_dir=data_dir, redis_url=redis_url)
     try:
-        rows = doctor_report(settings)
+        with embedded_server(settings.redis_url, settings.data_dir):
+            rows = doctor_report(settings)
     except ModelNotFoundError as err:
         _fail(f"RETENTIVE_MODEL: {err}")
     except RedisUnavailableError as err:
@@ -92,26 +93,28 @@ def serve(
             f"RETENTIVE_HOST: {settings.host} is reachable from other machines and no API key is set; "
             "set RETENTIVE_API_KEYS or pass --insecure"
         )
-    try:
-        connect(settings.redis_url, settings.data_dir).close()
-        load_encoder(settings.model)
-    except ModelNotFoundError as err:
-        _fail(f"RETENTIVE_MODEL: {err}")
-    except RedisUnavailableError as err:
-        _fail(f"RETENTIVE_REDIS_URL: {err}")
-    if open_access:
-        typer.echo(f"no API keys set: serving without authentication on {settings.host} only", err=True)
-    child = LearnerChild(settings) if learner else None
-    # uvicorn re-raises the SIGTERM it shut down on once it returns; as SystemExit it still lets the
-    # learner child be stopped below (its last snapshot written) instead of being left running alone.
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    if child:
-        child.start()
-    try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
-    finally:
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(embedded_server(settings.redis_url, settings.data_dir))
+            connect(settings.redis_url, settings.data_dir).close()
+            load_encoder(settings.model)
+        except ModelNotFoundError as err:
+            _fail(f"RETENTIVE_MODEL: {err}")
+        except RedisUnavailableError as err:
+            _fail(f"RETENTIVE_REDIS_URL: {err}")
+        if open_access:
+            typer.echo(f"no API keys set: serving without authentication on {settings.host} only", err=True)
+        child = LearnerChild(settings) if learner else None
+        # uvicorn re-raises the SIGTERM it shut down on once it returns; as SystemExit it still lets the
+        # learner child be stopped below (its last snapshot written), then the embedded Redis.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
         if child:
-            child.stop()
+            child.start()
+        try:
+            uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+        finally:
+            if child:
+                child.stop()
 
 
 def _exit_on_signal(signum: int, _: object) -> None:
@@ -132,7 +135,11 @@ def learn(
 
     settings = _settings(model=model, data_dir=data_dir, redis_url=redis_url)
     try:
-        run_learner(settings, parent_pid)
+        with embedded_server(settings.redis_url, settings.data_dir) as server:
+            orphaned = run_learner(settings, parent_pid)
+            # The embedded Redis of a `serve` killed outright is stopped here, after the last snapshot.
+            if orphaned and server:
+                server.release(heir_of=parent_pid)
     except ModelNotFoundError as err:
         _fail(f"RETENTIVE_MODEL: {err}")
     except RedisUnavailableError as err:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis
@@ -36,10 +38,7 @@ def connect(redis_url: str, data_dir: Path) -> redis.Redis:
         where = redis_url
     else:
         server = EmbeddedRedis(embedded_dir(data_dir))
-        try:
-            server.start()
-        except (EmbeddedRedisError, OSError) as err:
-            raise RedisUnavailableError(f"embedded Redis under {server.directory}: {err}") from err
+        _checked(server, server.start)
         client = server.client(retry=_RETRY, retry_on_error=_RETRY_ON, health_check_interval=30)
         where = f"embedded Redis at {server.socket_path}"
     try:
@@ -47,6 +46,28 @@ def connect(redis_url: str, data_dir: Path) -> redis.Redis:
     except redis.RedisError as err:
         raise RedisUnavailableError(f"cannot reach {where}: {err}") from err
     return client
+
+
+@contextlib.contextmanager
+def embedded_server(redis_url: str, data_dir: Path) -> Iterator[EmbeddedRedis | None]:
+    """The embedded Redis for the life of a command: started (or adopted from a dead owner) on the way in,
+    stopped on the way out if this process owns it. None when `redis_url` names a server."""
+    if redis_url:
+        yield None
+        return
+    server = EmbeddedRedis(embedded_dir(data_dir))
+    _checked(server, server.acquire)
+    try:
+        yield server
+    finally:
+        server.release()
+
+
+def _checked(server: EmbeddedRedis, start: Callable[[], bool]) -> None:
+    try:
+        start()
+    except (EmbeddedRedisError, OSError) as err:
+        raise RedisUnavailableError(f"embedded Redis under {server.directory}: {err}") from err
 
 
 def stop_embedded(data_dir: Path) -> None:

@@ -3,6 +3,12 @@
 The server runs as a daemon beside the process that started it, listening only on a unix socket, with the
 append-only file fsynced on every write so that feedback the API accepted survives a crash of either side.
 Another process (the learner, a second API replica) attaches to the same server through the same directory.
+
+A server belongs to the command that started it (`owner.pid` in the directory names it): that command stops
+it on the way out, so trying the service leaves no background servers behind. A server started by a library
+caller (`start()`, with no owner) is left to that caller. The owner can be a command that was killed
+outright; whoever finds its server then may adopt it (`acquire`), or, as the learner child of a killed
+`serve`, stop it after its own last snapshot (`release(heir_of=...)`).
 """
 
 from __future__ import annotations
@@ -10,9 +16,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
@@ -49,19 +57,58 @@ class EmbeddedRedis:
         except redis.RedisError:
             return False
 
-    def start(self) -> None:
-        """Start the server unless one already answers for this directory.
+    @property
+    def owner_file(self) -> Path:
+        return self.directory / "owner.pid"
+
+    def start(self) -> bool:
+        """Start the server unless one already answers for this directory; True if this call started it.
 
         Processes that find it down at once (a learner restarting while an operator starts it) start one
         server between them: two on one append-only file would corrupt it.
         """
         if self.is_running():
-            return
+            return False
+        with self._start_lock():
+            if self.is_running():
+                return False
+            self._spawn()
+            return True
+
+    def acquire(self) -> bool:
+        """Start the server for this process, or adopt one whose owner has died; True if this process
+        now owns it and so must `release` it."""
+        with self._start_lock():
+            if self.is_running():
+                owner = self._owner()
+                if owner is None or _pid_alive(owner):
+                    return False
+            else:
+                self._spawn()
+            self.owner_file.write_text(str(os.getpid()))
+            return True
+
+    def release(self, heir_of: int | None = None) -> None:
+        """Stop the server if this process owns it, or if it belonged to `heir_of`, a process the caller
+        knows has died."""
+        with self._start_lock():
+            owner = self._owner()
+            if owner is not None and owner in (os.getpid(), heir_of):
+                self.stop()
+                self.owner_file.unlink(missing_ok=True)
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.owner_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    @contextlib.contextmanager
+    def _start_lock(self) -> Iterator[None]:
         self.directory.mkdir(parents=True, exist_ok=True)
         with open(self.directory / "start.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if not self.is_running():
-                self._spawn()
+            yield
 
     def _spawn(self) -> None:
         self.socket_path.unlink(missing_ok=True)
@@ -116,6 +163,20 @@ class EmbeddedRedis:
             "save": '""',
         }
         return "".join(f"{key} {value}\n" for key, value in settings.items())
+
+
+def _pid_alive(pid: int) -> bool:
+    """True for a running process; a killed one that its parent has not reaped yet (a zombie) is gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    with contextlib.suppress(OSError):
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
 
 
 def _socket_path_for(directory: Path) -> Path:
