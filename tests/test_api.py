@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -51,14 +52,13 @@ def examples(count: int) -> list[dict[str, str]]:
     ]
 
 
-def test_before_any_feedback_predict_says_to_post_feedback(service: str) -> None:
-    response = call(service, "POST", "/v1/predict", json={"inputs": ["hello"]})
-    if response.status_code == 200:
-        pytest.skip("the module's learner already published a model")
-    assert response.status_code == 409
-    assert response.json()["error"]["code"] == "no_labels_yet"
-    assert "post feedback" in response.json()["error"]["message"]
-    assert call(service, "GET", "/v1/forgetting").json()["probes"] == []
+def test_before_any_feedback_predict_says_to_post_feedback(tmp_path: Path, tiny_model_dir: Path) -> None:
+    with serving(tmp_path, "--no-learner", model=tiny_model_dir) as (base, _):
+        response = call(base, "POST", "/v1/predict", key=None, json={"inputs": ["hello"]})
+        assert response.status_code == 409
+        assert response.json()["error"]["code"] == "no_labels_yet"
+        assert "post feedback" in response.json()["error"]["message"]
+        assert call(base, "GET", "/v1/forgetting", key=None).json()["probes"] == []
 
 
 def test_one_bad_example_refuses_the_request_and_writes_nothing(service: str) -> None:
@@ -86,13 +86,24 @@ def test_keys_and_scopes_are_enforced(service: str) -> None:
     assert call(service, "GET", "/healthz", key=None).status_code == 200
 
 
-def test_feedback_for_new_labels_is_learned_and_served(service: str) -> None:
-    posted = call(service, "POST", "/v1/feedback", json={"examples": examples(40)})
-    assert posted.status_code == 202, posted.text
-    assert posted.json()["accepted"] == 120 and posted.json()["duplicates"] == 0
-    again = call(service, "POST", "/v1/feedback", json={"examples": examples(2)})
-    assert again.json() == {"accepted": 0, "duplicates": 6, "stream_ids": again.json()["stream_ids"]}
+@dataclass(frozen=True)
+class Taught:
+    """The module's service after it was sent three new labels: what the posts answered, the counters
+    before them, and the time the labels were served."""
 
+    posted: httpx.Response
+    again: httpx.Response
+    accepted_before: int
+    duplicates_before: int
+
+
+@pytest.fixture(scope="module")
+def taught(service: str) -> Taught:
+    """Teach the module's service three labels and wait until they are served, every example is applied and
+    a probe evaluation is recorded: the state the tests below read."""
+    counters = call(service, "GET", "/v1/model").json()["counters"]
+    posted = call(service, "POST", "/v1/feedback", json={"examples": examples(40)})
+    again = call(service, "POST", "/v1/feedback", json={"examples": examples(2)})
     queries = [f"{text} again" for text in LABELS.values()]
 
     def learned() -> bool:
@@ -101,32 +112,45 @@ def test_feedback_for_new_labels_is_learned_and_served(service: str) -> None:
             return False
         return [p["label"] for p in response.json()["predictions"]] == list(LABELS)
 
-    eventually(learned, timeout=120, what="predictions of the three new labels")
-    answer = call(service, "POST", "/v1/predict", key=PREDICTOR, json={"inputs": queries, "top_k": 3}).json()
-    assert answer["model_version"] >= 1 and len(answer["predictions"][0]["top"]) == 3
-
     def settled() -> bool:
-        counters = call(service, "GET", "/v1/model").json()["counters"]
-        return counters.get("applied", 0) + counters.get("held_out", 0) == 120
+        after = call(service, "GET", "/v1/model").json()["counters"]
+        done = after.get("applied", 0) + after.get("held_out", 0) + after.get("dead_lettered", 0)
+        return done == after.get("accepted", 0)
 
+    eventually(learned, timeout=120, what="predictions of the three new labels")
     eventually(settled, timeout=60, what="the learner to apply every example")
-    model = call(service, "GET", "/v1/model").json()
-    counters = model["counters"]
-    assert counters["accepted"] == 120 and counters["duplicates"] == 6
-    assert (
-        counters["applied"] + counters["held_out"] + counters.get("dead_lettered", 0) == counters["accepted"]
-    )
-    assert sorted(model["labels"]) == sorted(LABELS) and model["learner"] == "running"
-
     eventually(
         lambda: call(service, "GET", "/v1/forgetting").json()["probes"] != [], 60, "a probe evaluation"
     )
+    return Taught(posted, again, counters.get("accepted", 0), counters.get("duplicates", 0))
+
+
+def test_feedback_for_new_labels_is_learned_and_served(service: str, taught: Taught) -> None:
+    assert taught.posted.status_code == 202, taught.posted.text
+    assert taught.posted.json()["accepted"] == 120 and taught.posted.json()["duplicates"] == 0
+    again = taught.again.json()
+    assert again == {"accepted": 0, "duplicates": 6, "stream_ids": again["stream_ids"]}
+
+    queries = [f"{text} again" for text in LABELS.values()]
+    answer = call(service, "POST", "/v1/predict", key=PREDICTOR, json={"inputs": queries, "top_k": 3}).json()
+    assert [p["label"] for p in answer["predictions"]] == list(LABELS)
+    assert answer["model_version"] >= 1 and len(answer["predictions"][0]["top"]) == 3
+
+    model = call(service, "GET", "/v1/model").json()
+    counters = model["counters"]
+    assert counters["accepted"] - taught.accepted_before == 120
+    assert counters["duplicates"] - taught.duplicates_before == 6
+    assert (
+        counters["applied"] + counters["held_out"] + counters.get("dead_lettered", 0) == counters["accepted"]
+    )
+    assert set(LABELS) <= set(model["labels"]) and model["learner"] == "running"
+
     forgetting = call(service, "GET", "/v1/forgetting").json()
     assert all(p["source"] == "held_out" and p["history"] for p in forgetting["probes"])
     assert 0.0 <= forgetting["summary"]["mean_accuracy"] <= 1.0
 
 
-def test_operators_register_probes_and_pause_learning(service: str) -> None:
+def test_operators_register_probes_and_pause_learning(service: str, taught: Taught) -> None:
     golden = {"examples": [{"text": text, "label": label} for label, text in LABELS.items()]}
     created = call(service, "PUT", "/v1/probes/golden", json=golden)
     assert created.status_code == 201, created.text
@@ -145,6 +169,7 @@ def test_operators_register_probes_and_pause_learning(service: str) -> None:
     )
     extra = [{"text": f"{LABELS['cooking']} once more {i}", "label": "cooking"} for i in range(4)]
     assert call(service, "POST", "/v1/feedback", json={"examples": extra}).status_code == 202
+    # Nothing happening has no event to wait for: give the paused learner a few of its polls to take them.
     time.sleep(1.5)
     assert call(service, "GET", "/v1/model").json()["stream_lag"] == 4
 
@@ -159,7 +184,7 @@ def test_operators_register_probes_and_pause_learning(service: str) -> None:
     assert all(p["name"] != "golden" for p in call(service, "GET", "/v1/probes").json())
 
 
-def test_metrics_and_snapshots_report_what_happened(service: str) -> None:
+def test_metrics_and_snapshots_report_what_happened(service: str, taught: Taught) -> None:
     call(service, "POST", "/v1/predict", json={"inputs": ["a bright comet"]})
     metrics = call(service, "GET", "/metrics").text
     assert "retentive_predictions_total" in metrics and "retentive_probe_accuracy{probe=" in metrics
@@ -171,7 +196,7 @@ def test_metrics_and_snapshots_report_what_happened(service: str) -> None:
     assert versions == sorted(versions, reverse=True) and versions[-1] <= version
 
 
-def test_killed_learner_child_leaves_predictions_up_and_is_restarted(service: str) -> None:
+def test_killed_learner_child_leaves_predictions_up_and_is_restarted(service: str, taught: Taught) -> None:
     [child] = psutil.Process(SERVE_PID[service]).children()
     child.kill()
     query = {"inputs": [next(iter(LABELS.values()))]}

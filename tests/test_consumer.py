@@ -73,18 +73,19 @@ def test_read_returns_a_partial_batch_after_the_wait(redis_client: redis.Redis, 
 
     began = time.monotonic()
     entries = consumer.read(10, wait_s=0.3, block_ms=50)
-    took = time.monotonic() - began
+    waited_s = time.monotonic() - began
 
     assert ids(entries) == added
-    assert 0.25 <= took < 2.0
+    assert waited_s >= 0.3, "a partial batch is returned only once the wait is over"
 
 
 def test_read_returns_as_soon_as_the_batch_is_full(redis_client: redis.Redis, keys: StreamKeys) -> None:
     added = add(redis_client, keys, 5)
     consumer = started(redis_client, keys)
+    wait_s = 60.0
     began = time.monotonic()
-    assert ids(consumer.read(3, wait_s=5.0)) == added[:3]
-    assert time.monotonic() - began < 1.0
+    assert ids(consumer.read(3, wait_s=wait_s)) == added[:3]
+    assert time.monotonic() - began < wait_s, "a full batch does not wait out the wait"
     assert ids(consumer.read(3, wait_s=0.0)) == added[3:]
 
 

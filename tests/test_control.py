@@ -10,6 +10,7 @@ import redis
 from streams.control import Control, learner_state
 from streams.heartbeats import alive, beat, keep_beating
 from streams.keys import StreamKeys
+from tests.polling import eventually
 
 
 def keys_for(prefix: str) -> StreamKeys:
@@ -61,7 +62,7 @@ def test_heartbeats_expire_and_a_stopped_beater_leaves(redis_client: redis.Redis
     beat(redis_client, key, "gone", {"state": "running"}, ttl_s=0.05)
     stop = threading.Event()
     thread = keep_beating(redis_client, key, "here", lambda: {"state": "standby"}, stop, every_s=0.05)
-    time.sleep(0.2)
+    eventually(lambda: "gone" not in alive(redis_client, key), 30, "the silent process's beat to expire")
     assert alive(redis_client, key) == {"here": {"state": "standby"}}
     assert redis_client.hexists(key, "gone") == 0
     stop.set()

@@ -8,6 +8,7 @@ from streams.keys import StreamKeys
 from streams.producer import AddResult, BacklogFull, FeedbackProducer
 from streams.records import FeedbackRecord, MalformedRecord
 from tests.conftest import RedisTarget
+from tests.polling import eventually
 
 
 @pytest.fixture
@@ -144,7 +145,7 @@ def test_dedup_memory_expires(redis_client: redis.Redis, keys: StreamKeys) -> No
     producer = FeedbackProducer(redis_client, keys, dedup_ttl_s=1)
     first = producer.add([FeedbackRecord(text="x", label="a", id="once")])
     assert producer.add([FeedbackRecord(text="x", label="a", id="once")]).duplicates == 1
-    time.sleep(1.2)
+    eventually(lambda: not redis_client.exists(keys.dedup("once")), 30, "the id's dedup key to expire")
     again = producer.add([FeedbackRecord(text="x", label="a", id="once")])
     assert again.accepted == 1
     assert again.stream_ids != first.stream_ids
