@@ -14,7 +14,8 @@ from learner.forgetting import AlarmPolicy
 from learner.fsspec_snapshots import check_snapshot_url
 from learner.loop import LoopConfig
 from learner.online import LearnerConfig
-from learner.strategies import Strategy
+from learner.strategies import describe as describe_strategies
+from learner.strategies import strategy_class
 from streams.keys import StreamKeys
 from streams.records import DEFAULT_LIMITS as _RECORD
 from streams.records import RecordLimits
@@ -67,7 +68,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(16, gt=0, le=4096, description="Examples per learner micro-batch.")
     strategy: str = Field(
         _LEARNER.strategy,
-        description="Update strategy: sgd (plain fine-tuning), migu (gated), replay, or migu+replay.",
+        description=f"Update strategy. {describe_strategies()}.",
     )
     loss: Literal["ce", "ace"] = Field(
         _LEARNER.loss,
@@ -217,7 +218,8 @@ class Settings(BaseSettings):
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, value: str) -> str:
-        return Strategy.parse(value).name
+        strategy_class(value)
+        return value
 
     @field_validator("snapshot_url")
     @classmethod

@@ -41,6 +41,7 @@ from bench.plots import plot_cl_results
 from learner.encoder import default_model_path, load_encoder, tiny_bert
 from learner.forgetting import task_metrics
 from learner.online import Example, LearnerConfig, OnlineLearner
+from learner.strategies import names as strategy_names
 
 JOINT = "joint"
 # LearnerConfig fields a strategy spec may set, with the type to read the value as.
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     )
     parser.add_argument("--data", type=Path, default=None, help="cl_stream directory")
     parser.add_argument("--order", default="order1", help="an order of the manifest, a list, or 'all'")
-    parser.add_argument("--strategies", default="sgd,migu,replay,migu+replay,joint")
+    parser.add_argument("--strategies", default=",".join([*strategy_names(), JOINT]))
     parser.add_argument("--loss", choices=["ce", "ace"], default=LearnerConfig.loss)
     parser.add_argument("--head", choices=["linear", "cosine"], default=LearnerConfig.head)
     parser.add_argument("--train-per-task", type=int, default=1000)

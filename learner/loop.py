@@ -523,14 +523,13 @@ class LearnerLoop:
         since, updates_then, trained_then = self._rate_mark
         elapsed = max(now - since, 1e-9)
         self._rate_mark = (now, learned.updates, learned.examples_trained)
-        gate = self.learner.gate
         set_counters(
             self.client,
             self.keys,
             {
                 "updates_per_s": round((learned.updates - updates_then) / elapsed, 3),
                 "examples_per_s": round((learned.examples_trained - trained_then) / elapsed, 3),
-                "keep_rate": round(gate.keep_rate(), 4) if gate is not None else 1.0,
+                "keep_rate": round(self.learner.keep_rate(), 4),
                 "read": counters.read,
                 "applied": counters.applied,
                 "held_out": counters.held_out,
@@ -545,10 +544,8 @@ class LearnerLoop:
                 "pending": self.consumer.pending(),
             },
         )
-        stats = gate.last_stats() if gate is not None else {}
-        set_keep_rates(
-            self.client, self.keys, {layer: round(s["keep_rate"], 4) for layer, s in stats.items()}
-        )
+        rates = self.learner.keep_rates()
+        set_keep_rates(self.client, self.keys, {layer: round(rate, 4) for layer, rate in rates.items()})
 
 
 def _crash_point(name: str) -> None:

@@ -3,7 +3,6 @@ micro-batch, evaluates the probes on a schedule, and saves and restores its whol
 
 from __future__ import annotations
 
-import contextlib
 import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -16,11 +15,10 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from learner.classifier import HeadKind, Prediction, TextClassifier
 from learner.forgetting import Alarm, AlarmPolicy, ForgettingTracker
 from learner.losses import LossKind, classification_loss
-from learner.migu import MiguGate
+from learner.optimizer_state import join_optimizer_state, split_optimizer_state, swap_parameter
 from learner.probes import ProbeRegistry, evaluate, example_key, held_out
-from learner.replay import ReservoirBuffer
 from learner.snapshots import MODEL, Manifest, Snapshot, SnapshotStore
-from learner.strategies import Strategy, swap_parameter
+from learner.strategies import StrategyContext, make_strategy
 
 TRAINER = "trainer"
 
@@ -97,7 +95,6 @@ class OnlineLearner:
     ) -> None:
         self.config = config or LearnerConfig()
         self.store = store
-        self.strategy = Strategy.parse(self.config.strategy)
         torch.manual_seed(self.config.seed)
         self.rng = random.Random(self.config.seed)
         self.model = TextClassifier(
@@ -108,8 +105,8 @@ class OnlineLearner:
             max_labels=self.config.max_labels,
             imprint=self.config.imprint,
         )
-        self.gate = self._make_gate() if self.strategy.gated else None
-        self.replay = ReservoirBuffer(self.config.replay_size, self.rng) if self.strategy.replay else None
+        context = StrategyContext(self.model, self.config, self.rng)
+        self.strategy = make_strategy(self.config.strategy, context)
         self.probes = ProbeRegistry(self.config.probe_size, self.config.probe_window)
         self.tracker = ForgettingTracker(self.config.alarm_threshold)
         self.counters = Counters()
@@ -123,18 +120,6 @@ class OnlineLearner:
         encoder = [p for p in self.model.parameters() if id(p) not in head_ids]
         groups = [{"params": encoder, "lr": self.config.lr}, {"params": head, "lr": self.config.head_lr}]
         return self.strategy.optimizer(groups, self.config.weight_decay)
-
-    def _make_gate(self) -> MiguGate:
-        # Never gate the head (a new label's row starts small and would never learn) or the unused pooler.
-        pooler = getattr(self.model.encoder, "pooler", None)
-        return MiguGate(
-            self.model,
-            self.config.quantile,
-            exclude=[self.model.head, *([pooler] if pooler is not None else [])],
-            ema=self.config.gate_ema,
-            warmup_steps=self.config.gate_warmup,
-            exclude_padding=not self.config.gate_padding,
-        )
 
     def learn(self, examples: list[Example]) -> LearnReport:
         """Hold out a hashed fraction as probes, train on the rest, evaluate when due."""
@@ -195,15 +180,12 @@ class OnlineLearner:
         if not texts:
             return LearnReport()
         new_labels = self.model.unseen(labels)
-        replayed = self.replay.sample(self._replay_count(len(texts))) if self.replay else []
-        all_texts = texts + [text for text, _ in replayed]
-        all_labels = labels + [label for _, label in replayed]
+        all_texts, all_labels = self.strategy.batch(texts, labels)
         is_replayed = torch.arange(len(all_texts)) >= len(texts)
 
         self.model.train()
         batch = self.model.tokenize(all_texts)
-        measuring = self.gate.measuring(batch["attention_mask"]) if self.gate else contextlib.nullcontext()
-        with measuring:
+        with self.strategy.measuring(batch["attention_mask"]):
             embeddings = self.model.embed(batch)
         if not torch.isfinite(embeddings).all():
             return self._skip()
@@ -216,20 +198,12 @@ class OnlineLearner:
         loss.backward()
         if not self._gradients_finite():
             return self._skip()
-        if self.gate is not None:
-            self.optimizer.step(self.gate.row_masks())
-        else:
-            self.optimizer.step()
+        self.strategy.step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
-        if self.replay is not None:
-            for text, label in zip(texts, labels, strict=True):
-                self.replay.add(text, label)
+        self.strategy.learned(texts, labels)
         self.counters.updates += 1
         self.counters.examples_trained += len(texts)
         return LearnReport(trained=len(texts), loss=loss.item())
-
-    def _replay_count(self, incoming: int) -> int:
-        return round(incoming * self.config.replay_ratio)
 
     def _grow(self, new_labels: list[str], embeddings: Tensor, labels: list[str]) -> None:
         old = [self.model.head.weight, self.model.head.bias]
@@ -244,10 +218,16 @@ class OnlineLearner:
 
     def _skip(self) -> LearnReport:
         self.optimizer.zero_grad(set_to_none=True)
-        if self.gate is not None:
-            self.gate.discard()
+        self.strategy.discard()
         self.counters.skipped_steps += 1
         return LearnReport(skipped=True)
+
+    def keep_rates(self) -> dict[str, float]:
+        """Share of rows the last step updated, per gated layer (empty for an ungated strategy)."""
+        return self.strategy.keep_rates()
+
+    def keep_rate(self) -> float:
+        return self.strategy.keep_rate()
 
     def predict(self, texts: list[str], top_k: int = 1) -> list[Prediction]:
         return self.model.predict(texts, top_k=top_k)
@@ -319,11 +299,11 @@ class OnlineLearner:
         return manifest
 
     def state(self) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
-        optimizer_tensors, optimizer_state = _split_optimizer_state(self.optimizer.state_dict())
+        optimizer_tensors, optimizer_state = split_optimizer_state(self.optimizer.state_dict())
         trainer = {f"optim.{key}": value for key, value in optimizer_tensors.items()}
         trainer["rng.torch"] = torch.get_rng_state()
-        if self.gate is not None:
-            trainer.update({f"gate.{key}": value for key, value in self.gate.state_dict().items()})
+        strategy_tensors, strategy_state = self.strategy.state()
+        trainer.update(strategy_tensors)
         state = {
             "config": {**asdict(self.config), "alarm_policy": str(self.config.alarm_policy)},
             "labels": self.model.labels,
@@ -331,7 +311,7 @@ class OnlineLearner:
             "paused": self.paused,
             "optimizer": optimizer_state,
             "rng": _jsonable_rng(self.rng.getstate()),
-            "replay": self.replay.state_dict() if self.replay else None,
+            **strategy_state,
             "probes": self.probes.state_dict(),
             "tracker": self.tracker.state_dict(),
         }
@@ -352,13 +332,10 @@ class OnlineLearner:
         self.model.set_labels(state["labels"])
         self.model.load_state_dict(snapshot.tensors[MODEL])
         self.optimizer = self._make_optimizer()
-        self.optimizer.load_state_dict(_join_optimizer_state(_strip(trainer, "optim."), state["optimizer"]))
-        if self.gate is not None:
-            self.gate.load_state_dict(_strip(trainer, "gate."))
+        self.optimizer.load_state_dict(join_optimizer_state(_strip(trainer, "optim."), state["optimizer"]))
+        self.strategy.load_state(trainer, state)
         torch.set_rng_state(trainer["rng.torch"])
         self.rng.setstate(_rng_from_json(state["rng"]))
-        if self.replay is not None and state["replay"] is not None:
-            self.replay.load_state_dict(state["replay"])
         self.probes.load_state_dict(state["probes"])
         self.tracker.load_state_dict(state["tracker"])
         self.counters = Counters(**state["counters"])
@@ -368,29 +345,6 @@ class OnlineLearner:
 
 def _strip(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {key.removeprefix(prefix): value for key, value in tensors.items() if key.startswith(prefix)}
-
-
-def _split_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Tensors go to safetensors, the rest (hyper-parameters, python scalars) to JSON."""
-    tensors: dict[str, Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for index, param_state in state_dict["state"].items():
-        for key, value in param_state.items():
-            if isinstance(value, Tensor):
-                tensors[f"{index}.{key}"] = value
-            else:
-                scalars.setdefault(str(index), {})[key] = value
-    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
-
-
-def _join_optimizer_state(tensors: dict[str, Tensor], saved: dict[str, Any]) -> dict[str, Any]:
-    per_param: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        index, key = name.split(".", 1)
-        per_param.setdefault(int(index), {})[key] = value
-    for index, values in saved["scalars"].items():
-        per_param.setdefault(int(index), {}).update(values)
-    return {"state": per_param, "param_groups": saved["param_groups"]}
 
 
 def _jsonable_rng(state: tuple) -> list:

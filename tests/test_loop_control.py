@@ -254,8 +254,7 @@ def test_a_rollback_is_logged_with_its_version_and_rates_do_not_run_backwards(ru
 
 def test_the_keep_rate_of_every_gated_layer_is_published_with_the_counters(running: RunningLoop) -> None:
     snapshot_after(running, 16)
-    gate = running.learner.gate
-    assert gate is not None
+    gate = running.learner.strategy.gate
     published = read_keep_rates(running.client, running.keys)
     assert list(published) == list(gate.layers)
     expected = {layer: round(stats["keep_rate"], 4) for layer, stats in gate.last_stats().items()}

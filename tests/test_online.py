@@ -91,7 +91,7 @@ def test_migu_updates_about_the_top_rows_only() -> None:
         .mean()
     )
     assert 0.2 <= float(changed) <= 0.4
-    assert 0.25 <= learner.gate.keep_rate() <= 0.35
+    assert 0.25 <= learner.keep_rate() <= 0.35
     assert torch.equal(after["encoder.pooler.dense.weight"], before["encoder.pooler.dense.weight"])
 
 
@@ -99,8 +99,9 @@ def test_replay_mixes_old_examples_into_new_batches() -> None:
     learner = make_learner(strategy="replay", replay_size=6, replay_ratio=0.5)
     learner.train_step(SPORTS[:4], ["sports"] * 4)
     learner.train_step(FINANCE[:4], ["finance"] * 4)
-    assert len(learner.replay) == 6
-    assert {label for _, label in learner.replay.items} == {"sports", "finance"}
+    buffer = learner.strategy.buffer
+    assert len(buffer) == 6
+    assert {label for _, label in buffer.items} == {"sports", "finance"}
 
 
 def test_held_out_examples_become_probes_and_never_train() -> None:

@@ -1,0 +1,40 @@
+"""`replay`: every step also trains on examples drawn from a reservoir of everything trained on before,
+which keeps old labels competing in the head while new ones arrive."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from learner.replay import ReservoirBuffer
+from learner.strategies.base import Strategy, StrategyContext, register
+
+
+@register("replay")
+class Replay(Strategy):
+    """every step also trains on examples drawn from a reservoir of earlier ones"""
+
+    def __init__(self, context: StrategyContext) -> None:
+        super().__init__(context)
+        self.buffer = ReservoirBuffer(context.config.replay_size, context.rng)
+        self.ratio = context.config.replay_ratio
+
+    def batch(self, texts: list[str], labels: list[str]) -> tuple[list[str], list[str]]:
+        texts, labels = super().batch(texts, labels)
+        replayed = self.buffer.sample(round(len(texts) * self.ratio))
+        return texts + [text for text, _ in replayed], labels + [label for _, label in replayed]
+
+    def learned(self, texts: list[str], labels: list[str]) -> None:
+        super().learned(texts, labels)
+        for text, label in zip(texts, labels, strict=True):
+            self.buffer.add(text, label)
+
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        tensors, state = super().state()
+        return tensors, {**state, "replay": self.buffer.state_dict()}
+
+    def load_state(self, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
+        super().load_state(tensors, state)
+        if state.get("replay") is not None:
+            self.buffer.load_state_dict(state["replay"])
