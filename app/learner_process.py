@@ -12,9 +12,9 @@ import threading
 import redis
 import torch
 
+from app.learner_loop import LearnerLoop
 from app.settings import Settings
 from learner.encoder import load_encoder
-from learner.loop import LearnerLoop
 from learner.online import OnlineLearner
 from learner.snapshots import open_snapshot_store
 from streams.connection import connect
@@ -53,7 +53,7 @@ def _stop_when_orphaned(
 def _learner_loop(settings: Settings, client: redis.Redis) -> LearnerLoop:
     tokenizer, encoder = load_encoder(settings.model)
     store = open_snapshot_store(settings.snapshot_dir, keep=settings.snapshot_keep)
-    learner = OnlineLearner(tokenizer, encoder, settings.learner_config(), store=store)
+    learner = OnlineLearner(tokenizer, encoder, settings.learner_config())
     return LearnerLoop(
         learner,
         store,

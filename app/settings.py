@@ -9,10 +9,10 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.auth import parse_api_keys, read_key_file
+from app.learner_loop import LoopConfig
 from learner.encoder import default_model_path, looks_like_path
 from learner.forgetting import AlarmPolicy
 from learner.fsspec_snapshots import check_snapshot_url
-from learner.loop import LoopConfig
 from learner.online import LearnerConfig
 from learner.strategies import describe as describe_strategies
 from learner.strategies import strategy_class
@@ -103,7 +103,7 @@ class Settings(BaseSettings):
         _LEARNER.alarm_threshold, ge=0, lt=1, description="Forgetting on a probe above this raises an alarm."
     )
     alarm_policy: AlarmPolicy = Field(
-        _LEARNER.alarm_policy,
+        _LOOP.alarm_policy,
         description="On an alarm: alert only, pause learning, or rollback to a good snapshot.",
     )
     batch_wait_s: float = Field(
@@ -247,6 +247,7 @@ class Settings(BaseSettings):
             backoff_queue=self.backoff_queue,
             backoff_latency_ms=self.backoff_latency_ms,
             backoff_max_s=self.backoff_max_s,
+            alarm_policy=self.alarm_policy,
         )
 
     def record_limits(self) -> RecordLimits:
@@ -286,7 +287,6 @@ class Settings(BaseSettings):
             probe_fraction=self.probe_fraction,
             eval_every=self.eval_every,
             alarm_threshold=self.alarm_threshold,
-            alarm_policy=self.alarm_policy,
         )
 
 

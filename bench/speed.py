@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from app.learner_loop import LearnerLoop
 from app.settings import Settings
 from bench.data import read_split
 from bench.meta import run_metadata
@@ -46,7 +47,6 @@ from bench.service import eventually, save_tiny_model, serving
 from bench.step_speed import step_times
 from learner.classifier import TextClassifier
 from learner.encoder import default_model_path, load_encoder, mean_pool
-from learner.loop import LearnerLoop
 from learner.online import Example, LearnerConfig, OnlineLearner
 from learner.snapshots import SnapshotStore
 from streams.connection import connect, stop_embedded
@@ -245,7 +245,7 @@ def loop_training(model: str, records: list[dict[str, str]], defaults: Settings,
         producer.add([FeedbackRecord(r["text"], r["label"], id=uuid.uuid4().hex) for r in records])
         tokenizer, encoder = load_encoder(model)
         store = SnapshotStore(settings.snapshot_dir, keep=settings.snapshot_keep)
-        learner = OnlineLearner(tokenizer, encoder, settings.learner_config(), store=store)
+        learner = OnlineLearner(tokenizer, encoder, settings.learner_config())
         loop = LearnerLoop(
             learner,
             store,

@@ -13,10 +13,10 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from learner.classifier import HeadKind, Prediction, TextClassifier
-from learner.forgetting import Alarm, AlarmPolicy, ForgettingTracker
+from learner.forgetting import Alarm, ForgettingTracker
 from learner.losses import LossKind, classification_loss
 from learner.optimizer_state import join_optimizer_state, split_optimizer_state, swap_parameter
-from learner.probes import ProbeRegistry, evaluate, example_key, held_out
+from learner.probes import REGISTERED, ProbeRegistry, evaluate, example_key, held_out
 from learner.snapshots import MODEL, Manifest, Snapshot, SnapshotStore
 from learner.strategies import StrategyContext, make_strategy
 
@@ -50,7 +50,6 @@ class LearnerConfig:
     probe_size: int = 200
     eval_every: int = 50
     alarm_threshold: float = 0.2
-    alarm_policy: AlarmPolicy = AlarmPolicy.ALERT
     seed: int = 0
 
 
@@ -80,21 +79,21 @@ class LearnReport:
     held_out_mask: list[bool] = field(default_factory=list)
     evaluated: bool = False
     alarms: list[Alarm] = field(default_factory=list)
-    rolled_back_to: str | None = None
 
 
 class OnlineLearner:
-    """Learns from micro-batches of labelled text with no task boundaries."""
+    """Learns from micro-batches of labelled text with no task boundaries.
+
+    It reports what happened (`LearnReport`, alarms included) and leaves every policy (pausing, rolling
+    back, where snapshots live) to its caller."""
 
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
         encoder: PreTrainedModel,
         config: LearnerConfig | None = None,
-        store: SnapshotStore | None = None,
     ) -> None:
         self.config = config or LearnerConfig()
-        self.store = store
         torch.manual_seed(self.config.seed)
         self.rng = random.Random(self.config.seed)
         self.model = TextClassifier(
@@ -110,7 +109,6 @@ class OnlineLearner:
         self.probes = ProbeRegistry(self.config.probe_size, self.config.probe_window)
         self.tracker = ForgettingTracker(self.config.alarm_threshold)
         self.counters = Counters()
-        self.paused = False
         self.optimizer = self._make_optimizer()
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -142,22 +140,7 @@ class OnlineLearner:
         if report.trained and self.counters.updates % self.config.eval_every == 0:
             report.evaluated = True
             report.alarms = self.evaluate()
-            if report.alarms:
-                report.rolled_back_to = self._apply_alarm_policy()
         return report
-
-    def _apply_alarm_policy(self) -> str | None:
-        """`pause` stops learning; `rollback` returns to the newest snapshot taken without an active alarm."""
-        policy = AlarmPolicy(self.config.alarm_policy)
-        if policy is AlarmPolicy.PAUSE:
-            self.paused = True
-        if policy is not AlarmPolicy.ROLLBACK or self.store is None:
-            return None
-        for manifest in self.store.list():
-            if manifest.info.get("alarms") == 0:
-                self.roll_back(self.store.load(manifest.id))
-                return manifest.id
-        return None
 
     def roll_back(self, snapshot: Snapshot) -> dict[str, Any] | None:
         """Continue from an earlier snapshot; the version counter never goes back, so the next save is new."""
@@ -165,6 +148,32 @@ class OnlineLearner:
         extra = self.restore(snapshot)
         self.counters.model_version = max(version, self.counters.model_version)
         return extra
+
+    def admissible(self, labels: list[str]) -> list[bool]:
+        """Which of these labels the head can take, in order: known ones, and new ones while the label cap
+        leaves room."""
+        room = self.config.max_labels - len(self.model.labels)
+        known, new = set(self.model.labels), set()
+        fits = []
+        for label in labels:
+            if label not in known and label not in new and len(new) < room:
+                new.add(label)
+            fits.append(label in known or label in new)
+        return fits
+
+    @property
+    def labels(self) -> list[str]:
+        return self.model.labels
+
+    def registered_probes(self) -> dict[str, list[tuple[str, str]]]:
+        """The probe sets operators registered, by name: their (text, label) pairs."""
+        return {
+            p.name: [tuple(e) for e in p.examples] for p in self.probes.probes() if p.source == REGISTERED
+        }
+
+    def summary(self) -> dict[str, float | None]:
+        """Mean accuracy and largest forgetting over the probes, as of the last evaluation."""
+        return self.tracker.summary()
 
     def register_probe(self, name: str, examples: list[tuple[str, str]]) -> None:
         """Add or replace a user probe set; a replaced probe's history starts again."""
@@ -249,7 +258,7 @@ class OnlineLearner:
 
     def save(
         self,
-        store: SnapshotStore | None = None,
+        store: SnapshotStore,
         info: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
         version: int | None = None,
@@ -259,9 +268,6 @@ class OnlineLearner:
         `info` goes to the manifest (small, listed without loading); `extra` is the caller's own state,
         returned by `restore`. `version` is the store's next one unless given.
         """
-        store = store or self.store
-        if store is None:
-            raise ValueError("no snapshot store: pass one here or to the learner")
         previous = self.counters.model_version
         self.counters.model_version = version or store.max_version() + 1
         tensors, state = self.state()
@@ -288,7 +294,7 @@ class OnlineLearner:
     def publish(self, store: SnapshotStore, version: int) -> Manifest:
         """Write the weights alone, as a new `version` for serving; nothing to continue training from."""
         state = {
-            "config": {**asdict(self.config), "alarm_policy": str(self.config.alarm_policy)},
+            "config": asdict(self.config),
             "labels": self.model.labels,
             "counters": asdict(self.counters),
         }
@@ -305,10 +311,9 @@ class OnlineLearner:
         strategy_tensors, strategy_state = self.strategy.state()
         trainer.update(strategy_tensors)
         state = {
-            "config": {**asdict(self.config), "alarm_policy": str(self.config.alarm_policy)},
+            "config": asdict(self.config),
             "labels": self.model.labels,
             "counters": asdict(self.counters),
-            "paused": self.paused,
             "optimizer": optimizer_state,
             "rng": _jsonable_rng(self.rng.getstate()),
             **strategy_state,
@@ -339,7 +344,6 @@ class OnlineLearner:
         self.probes.load_state_dict(state["probes"])
         self.tracker.load_state_dict(state["tracker"])
         self.counters = Counters(**state["counters"])
-        self.paused = bool(state["paused"])
         return state.get("extra")
 
 

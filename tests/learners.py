@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from app.faults import CRASH_AT_ENV
 from learner.snapshots import SnapshotStore
 from streams.consumer import GROUP
 from streams.keys import StreamKeys
@@ -42,7 +43,7 @@ class LearnerHarness:
     def start(self, crash_at: str | None = None, name: str = "learner") -> subprocess.Popen:
         env = dict(self.env)
         if crash_at:
-            env["RETENTIVE_CRASH_AT"] = crash_at
+            env[CRASH_AT_ENV] = crash_at
         log = (self.logs / f"{name}-{time.monotonic_ns()}.log").open("w")
         return subprocess.Popen(["retentive", "learn"], env=env, stdout=log, stderr=subprocess.STDOUT)
 

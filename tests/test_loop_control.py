@@ -14,9 +14,10 @@ import pytest
 import redis
 import torch
 
+from app.learner_loop import LearnerLoop, LoopConfig
 from app.serving import ModelHolder
 from learner.encoder import Encoder
-from learner.loop import LearnerLoop, LoopConfig
+from learner.forgetting import AlarmPolicy
 from learner.online import LearnerConfig, OnlineLearner
 from learner.snapshots import MODEL, Manifest, SnapshotStore
 from streams.control import Control, learner_state
@@ -59,18 +60,21 @@ class RunningLoop:
         return counters.applied + counters.held_out
 
 
+QUICK_MIGU = LearnerConfig(strategy="migu", lr=1e-3, eval_every=2, probe_fraction=0.0)
+
+
 @contextlib.contextmanager
 def start_loop(
-    encoder: Encoder, client: redis.Redis, keys: StreamKeys, root: Path, **config: float
+    encoder: Encoder,
+    client: redis.Redis,
+    keys: StreamKeys,
+    root: Path,
+    learner_config: LearnerConfig = QUICK_MIGU,
+    **config: object,
 ) -> Iterator[RunningLoop]:
     tokenizer, model = encoder
     store = SnapshotStore(root / "snapshots", keep=50)
-    learner = OnlineLearner(
-        tokenizer,
-        copy.deepcopy(model),
-        LearnerConfig(strategy="migu", lr=1e-3, eval_every=2, probe_fraction=0.0),
-        store=store,
-    )
+    learner = OnlineLearner(tokenizer, copy.deepcopy(model), learner_config)
     loop = LearnerLoop(
         learner,
         store,
@@ -270,3 +274,78 @@ def test_under_sustained_pressure_the_learner_still_steps_now_and_then(
         running.feed(24)
         eventually(lambda: running.applied() == 24, 60, "steps taken despite the pressure")
         assert running.loop.state.counters.backoffs >= 2
+
+
+SPORTS = [f"the team won the match {i} with a late goal" for i in range(8)]
+FINANCE = [f"shares fell as the bank cut its forecast {i}" for i in range(8)]
+
+
+def teach_then_poison(running: RunningLoop) -> Manifest:
+    """Teach sports and finance with a registered sports probe, snapshot that, then stream the two labels
+    swapped; returns the snapshot taken before the poison."""
+    running.control.put_probe("sports", [(text, "sports") for text in SPORTS])
+    producer = FeedbackProducer(running.client, running.keys)
+
+    def add(round_: str, sports_label: str, finance_label: str) -> None:
+        producer.add(
+            [
+                FeedbackRecord(text=t, label=sports_label, id=f"{round_}-s{i}")
+                for i, t in enumerate(SPORTS[:4])
+            ]
+            + [
+                FeedbackRecord(text=t, label=finance_label, id=f"{round_}-f{i}")
+                for i, t in enumerate(FINANCE[:4])
+            ]
+        )
+
+    def sports_probe_accuracy() -> float | None:
+        evaluations = recent_evaluations(running.client, running.keys, 1)
+        probes = {p["name"]: p for p in evaluations[0]["probes"]} if evaluations else {}
+        return probes["sports"]["accuracy"] if "sports" in probes else None
+
+    for round_ in range(6):
+        add(f"good{round_}", "sports", "finance")
+    eventually(lambda: running.loop.state.counters.applied == 48, 60, "the good examples applied")
+    eventually(lambda: sports_probe_accuracy() == 1.0, 60, "the sports probe learned")
+    good = running.loop.snapshot()
+    for round_ in range(20):
+        add(f"poison{round_}", "finance", "sports")
+    return good
+
+
+POISON_CONFIG = LearnerConfig(strategy="sgd", lr=3e-3, eval_every=1, probe_fraction=0.0)
+
+
+def test_the_rollback_policy_returns_to_the_last_snapshot_without_an_alarm(
+    tiny_encoder: Encoder, redis_client: redis.Redis, key_prefix: str, tmp_path: Path
+) -> None:
+    keys = StreamKeys(key_prefix, "m")
+    with start_loop(
+        tiny_encoder, redis_client, keys, tmp_path, POISON_CONFIG, alarm_policy=AlarmPolicy.ROLLBACK
+    ) as running:
+        good = teach_then_poison(running)
+
+        def rollback_announcements() -> list[dict]:
+            return [v for v in recent_versions(running.client, keys) if v.get("rolled_back_to")]
+
+        eventually(lambda: rollback_announcements() != [], 120, "a rollback by the alarm policy")
+        first = rollback_announcements()[-1]
+        assert first["rolled_back_to"] == good.id
+        assert running.loop.state.counters.rollbacks >= 1
+        assert running.control.state().paused is None
+        store = running.loop.store
+        restored = store.load(first["snapshot_id"], only=[MODEL]).tensors[MODEL]
+        assert all(torch.equal(restored[k], v) for k, v in model_tensors(store, good).items())
+
+
+def test_the_pause_policy_pauses_learning_as_an_operator_would(
+    tiny_encoder: Encoder, redis_client: redis.Redis, key_prefix: str, tmp_path: Path
+) -> None:
+    keys = StreamKeys(key_prefix, "m")
+    with start_loop(
+        tiny_encoder, redis_client, keys, tmp_path, POISON_CONFIG, alarm_policy=AlarmPolicy.PAUSE
+    ) as running:
+        teach_then_poison(running)
+        eventually(lambda: running.loop.status == "paused", 120, "the alarm policy to pause learning")
+        assert running.control.state().paused.startswith("forgetting alarm")
+        assert running.loop.state.counters.rollbacks == 0

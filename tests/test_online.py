@@ -21,10 +21,10 @@ FINANCE = [f"shares fell as the bank cut its forecast {i}" for i in range(8)]
 WEATHER = [f"heavy rain and strong wind expected on day {i}" for i in range(8)]
 
 
-def make_learner(store: SnapshotStore | None = None, **overrides: object) -> OnlineLearner:
+def make_learner(**overrides: object) -> OnlineLearner:
     tokenizer, encoder = tiny_bert(seed=0)
     config = LearnerConfig(**{"lr": 3e-3, "probe_fraction": 0.0, **overrides})
-    return OnlineLearner(tokenizer, encoder, config, store=store)
+    return OnlineLearner(tokenizer, encoder, config)
 
 
 def weights(learner: OnlineLearner) -> dict[str, torch.Tensor]:
@@ -179,38 +179,3 @@ def test_corrupt_newest_snapshot_falls_back_to_the_previous(tmp_path: Path) -> N
     fresh = make_learner()
     fresh.restore(snapshot)
     assert fresh.model.labels == ["sports"] and fresh.counters.updates == 1
-
-
-def poison_until_alarm(learner: OnlineLearner) -> list:
-    """Learn sports vs finance, then feed the two labels swapped until the sports probe alarms."""
-    learner.register_probe("sports", [(text, "sports") for text in SPORTS])
-    for _ in range(6):
-        learner.learn(
-            [Example(t, "sports") for t in SPORTS[:4]] + [Example(t, "finance") for t in FINANCE[:4]]
-        )
-    assert learner.tracker.probe("sports")["accuracy"] == 1.0
-    learner.save()
-    flipped = [Example(t, "finance") for t in SPORTS[:4]] + [Example(t, "sports") for t in FINANCE[:4]]
-    for _ in range(20):
-        report = learner.learn(flipped)
-        if report.alarms:
-            return report
-    raise AssertionError("flipped labels never raised a forgetting alarm")
-
-
-def test_rollback_policy_returns_to_the_last_good_snapshot(tmp_path: Path) -> None:
-    store = SnapshotStore(tmp_path)
-    learner = make_learner(strategy="sgd", eval_every=1, alarm_policy="rollback", store=store)
-    report = poison_until_alarm(learner)
-    good = store.latest()
-    assert report.alarms[0].probe == "sports"
-    assert report.rolled_back_to == good.id
-    restored = store.load(good.id).tensors[MODEL]
-    assert all(torch.equal(restored[k], v) for k, v in learner.model.state_dict().items())
-    assert learner.counters.updates == good.info["updates"]
-
-
-def test_pause_policy_pauses_the_learner(tmp_path: Path) -> None:
-    learner = make_learner(strategy="sgd", eval_every=1, alarm_policy="pause", store=SnapshotStore(tmp_path))
-    report = poison_until_alarm(learner)
-    assert learner.paused and report.rolled_back_to is None

@@ -1,4 +1,7 @@
-"""The learner process: read the feedback stream through the consumer group, learn, snapshot, acknowledge.
+"""The learner worker: read the feedback stream through the consumer group, learn, snapshot, acknowledge.
+
+This is where the learner (which knows no Redis) meets the stream (which knows no torch), and where the
+policies live: when to snapshot and publish, what a forgetting alarm does, how a rollback happens.
 
 Delivery is at-least-once from Redis and exactly-once in effect. Each snapshot records the last applied
 stream ID (the cursor); entries are acknowledged only after a snapshot holding their effect is durable.
@@ -15,14 +18,16 @@ Between snapshots the weights alone are published for serving every `publish_eve
 reaches predictions within seconds. Before each micro-batch the learner follows what operators asked
 (pause, rollback, registered probes; see `streams.control`) and backs off while an API replica reports
 prediction pressure above the bounds, since both share the CPU, for at most `backoff_max_s` in a row.
+
+On a forgetting alarm the `alarm_policy` decides: `alert` only reports it, `pause` pauses learning as an
+operator would, `rollback` returns to the newest snapshot taken without an active alarm, by the same path
+as an operator's rollback request.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,11 +35,10 @@ from typing import Any
 
 import redis
 
-from learner.classifier import LabelLimitError
-from learner.forgetting import Alarm
+from app.faults import crash_point
+from learner.forgetting import Alarm, AlarmPolicy
 from learner.online import Example, OnlineLearner
-from learner.probes import REGISTERED
-from learner.snapshots import STATE, Manifest, SnapshotError, SnapshotStore
+from learner.snapshots import Manifest, Snapshot, SnapshotError, SnapshotStore
 from streams.consumer import Entry, FeedbackConsumer, stream_id_key
 from streams.control import Control, RollbackRequest
 from streams.heartbeats import alive, keep_beating
@@ -44,9 +48,6 @@ from streams.notify import publish_version, record_evaluation, set_counters, set
 from streams.records import RecordLimits
 
 log = logging.getLogger("retentive.learner")
-
-# Test-mode fault injection: the process kills itself at this named point once per start (crash tests only).
-CRASH_AT_ENV = "RETENTIVE_CRASH_AT"
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class LoopConfig:
     backoff_s: float = 0.5
     backoff_max_s: float = 5.0
     snapshot_retry_s: float = 5.0
+    alarm_policy: AlarmPolicy = AlarmPolicy.ALERT
 
 
 @dataclass
@@ -117,6 +119,7 @@ class LearnerLoop:
         self.control = Control(client, keys)
         self.state = LoopState()
         self.leading = False
+        self.paused = False
         self._unsnapshotted = 0
         self._last_snapshot_at = time.monotonic()
         self._snapshot_retry_at = 0.0
@@ -134,7 +137,7 @@ class LearnerLoop:
         """standby (waiting for the lease), running or paused."""
         if not self.leading:
             return "standby"
-        return "paused" if self.learner.paused else "running"
+        return "paused" if self.paused else "running"
 
     def run(self, stop: threading.Event) -> bool:
         """Wait for the lease, recover, then learn until `stop` is set or the lease is lost.
@@ -162,7 +165,7 @@ class LearnerLoop:
             self.leading = True
             while not stop.is_set() and not self.lease.lost.is_set():
                 self._follow_control()
-                if self.learner.paused:
+                if self.paused:
                     stop.wait(self.config.batch_wait_s)
                     continue
                 if self._should_back_off():
@@ -170,8 +173,6 @@ class LearnerLoop:
                     stop.wait(self.config.backoff_s)
                     continue
                 self._apply(self.consumer.read(self.config.batch_size, self.config.batch_wait_s))
-                if self.learner.paused:
-                    self.control.pause("forgetting alarm: learning paused by the alarm policy")
                 if self._snapshot_due():
                     self.snapshot()
                 elif self._publish_due():
@@ -248,41 +249,50 @@ class LearnerLoop:
                 self.state.ledger.append(
                     [entry.stream_id, entry.record.id or "", "held_out" if held else "trained"]
                 )
-        if report.rolled_back_to is not None:
-            self._rolled_back_by_policy(report.rolled_back_to)
         if report.evaluated:
-            self._publish_evaluation(report.alarms, report.rolled_back_to)
+            rolled_back_to = self._act_on_alarms(report.alarms)
+            self._publish_evaluation(report.alarms, rolled_back_to)
 
-    def _rolled_back_by_policy(self, snapshot_id: str) -> None:
-        """The alarm policy put the model back to `snapshot_id`; snapshot that at once so every replica
-        serves it, and count it where operators look (`rollbacks` in the counters)."""
-        saved = self.store.load(snapshot_id, only=[STATE]).state.get("extra") or {}
-        self.state.ledger = saved.get("ledger", [])
-        self.state.counters.rollbacks += 1
+    def _act_on_alarms(self, alarms: list[Alarm]) -> str | None:
+        """Apply the alarm policy; the id of the snapshot rolled back to, if it rolled back."""
+        if not alarms or self.config.alarm_policy is AlarmPolicy.ALERT:
+            return None
+        if self.config.alarm_policy is AlarmPolicy.PAUSE:
+            self.paused = True
+            self.control.pause("forgetting alarm: learning paused by the alarm policy")
+            return None
+        target = self._last_snapshot_without_alarm()
+        if target is None:
+            return None
+        self._return_to(target, replay=False)
+        # Snapshot at once, so every replica serves the weights rolled back to.
         self._snapshot_requested = True
-        self._note_rollback(snapshot_id)
-        log.warning(json.dumps({"event": "rollback", "to": snapshot_id, "reason": "forgetting alarm"}))
+        log.warning(json.dumps({"event": "rollback", "to": target.id, "reason": "forgetting alarm"}))
+        return target.id
+
+    def _last_snapshot_without_alarm(self) -> Snapshot | None:
+        for manifest in self.store.list():
+            if manifest.info.get("alarms") == 0:
+                try:
+                    return self.store.load(manifest.id)
+                except SnapshotError as err:
+                    log.warning(json.dumps({"event": "snapshot_skipped", "reason": str(err)}))
+        return None
 
     def _after_cursor(self, stream_id: str) -> bool:
         return self.state.cursor is None or stream_id_key(stream_id) > stream_id_key(self.state.cursor)
 
     def _refuse_past_label_cap(self, entries: list[Entry]) -> list[Entry]:
         """Entries whose new label would pass the cap go to the dead-letter stream; the rest still train."""
-        try:
-            self.learner.model.unseen([e.record.label for e in entries])
-            return entries
-        except LabelLimitError as err:
-            room = self.learner.model.max_labels - len(self.learner.model.labels)
-            kept, new = [], set()
-            for entry in entries:
-                label = entry.record.label
-                if label in self.learner.model.labels or label in new or len(new) < room:
-                    if label not in self.learner.model.labels:
-                        new.add(label)
-                    kept.append(entry)
-                else:
-                    self.consumer.dead_letter(entry, str(err))
-            return kept
+        fits = self.learner.admissible([e.record.label for e in entries])
+        for entry, fit in zip(entries, fits, strict=True):
+            if not fit:
+                reason = (
+                    f"label {entry.record.label!r} would take the label set past its cap of "
+                    f"{self.learner.config.max_labels}; raise the cap or reuse existing labels"
+                )
+                self.consumer.dead_letter(entry, reason)
+        return [entry for entry, fit in zip(entries, fits, strict=True) if fit]
 
     def _snapshot_due(self) -> bool:
         if not self._unsnapshotted or time.monotonic() < self._snapshot_retry_at:
@@ -301,7 +311,7 @@ class LearnerLoop:
         """
         if not self.lease.renew():
             raise LeaseLostError(self.keys.lease)
-        _crash_point("before_snapshot")
+        crash_point("before_snapshot")
         began = time.monotonic()
         try:
             manifest = self.learner.save(
@@ -313,7 +323,7 @@ class LearnerLoop:
         except SnapshotError as err:
             self._snapshot_failed(err)
             return None
-        _crash_point("after_snapshot")
+        crash_point("after_snapshot")
         acked = self.consumer.ack_through(self.state.cursor) if self.state.cursor else 0
         # Keep what the previous snapshot lacks, in case this one turns out unreadable (see `_recover`).
         previous, self._durable_cursor = self._durable_cursor, self.state.cursor
@@ -323,7 +333,7 @@ class LearnerLoop:
         )
         self._publish_counters()
         elapsed = time.monotonic() - self._last_snapshot_at
-        summary = self.learner.tracker.summary()
+        summary = self.learner.summary()
         log.info(
             json.dumps(
                 {
@@ -415,7 +425,7 @@ class LearnerLoop:
             self._roll_back(wanted.rollback)
         if wanted.probes_revision != self._probes_revision:
             self._sync_probes(wanted.probes_revision)
-        self.learner.paused = wanted.paused is not None
+        self.paused = wanted.paused is not None
 
     def _should_back_off(self) -> bool:
         """Back off while serving is under pressure, but never longer than `backoff_max_s` in a row: then
@@ -444,20 +454,7 @@ class LearnerLoop:
             log.warning(json.dumps({"event": "rollback_refused", "reason": str(err)}))
             self.control.finish_rollback(request)
             return
-        current = self.state.cursor
-        saved = self.learner.roll_back(target) or {}
-        self.state.ledger = saved.get("ledger", [])
-        self.state.cursor = saved.get("cursor")
-        replayed = 0
-        if request.replay and current is not None:
-            entries = self.consumer.history(self.state.cursor, current)
-            for start in range(0, len(entries), self.config.batch_size):
-                self._apply(entries[start : start + self.config.batch_size])
-            replayed = len(entries)
-        self.state.cursor = current
-        self.state.counters.rollbacks += 1
-        self._note_rollback(request.snapshot_id)
-        self._probes_revision = None
+        replayed = self._return_to(target, replay=request.replay)
         manifest = self.snapshot()
         self.control.finish_rollback(request)
         log.info(
@@ -471,17 +468,36 @@ class LearnerLoop:
             )
         )
 
+    def _return_to(self, target: Snapshot, replay: bool) -> int:
+        """The one way back to an earlier snapshot, for operators and the alarm policy alike: the stream
+        position stays where it is, and the entries applied since are applied again only with `replay`.
+        Returns how many were."""
+        current = self.state.cursor
+        saved = self.learner.roll_back(target) or {}
+        self.state.ledger = saved.get("ledger", [])
+        self.state.cursor = saved.get("cursor")
+        replayed = 0
+        if replay and current is not None:
+            entries = self.consumer.history(self.state.cursor, current)
+            for start in range(0, len(entries), self.config.batch_size):
+                self._apply(entries[start : start + self.config.batch_size])
+            replayed = len(entries)
+        self.state.cursor = current
+        self.state.counters.rollbacks += 1
+        self._note_rollback(target.id)
+        self._probes_revision = None
+        return replayed
+
     def _sync_probes(self, revision: int) -> None:
         """Make the registered probes match what operators put; evaluate at once if anything changed."""
         wanted = self.control.probes()
-        registered = {p.name: p for p in self.learner.probes.probes() if p.source == REGISTERED}
+        registered = self.learner.registered_probes()
         changed = False
         for name in registered.keys() - wanted.keys():
             self.learner.remove_probe(name)
             changed = True
         for name, examples in wanted.items():
-            current = registered.get(name)
-            if current is not None and [tuple(e) for e in current.examples] == examples:
+            if registered.get(name) == examples:
                 continue
             try:
                 self.learner.register_probe(name, examples)
@@ -489,7 +505,7 @@ class LearnerLoop:
             except ValueError as err:
                 log.warning(json.dumps({"event": "probe_refused", "probe": name, "reason": str(err)}))
         self._probes_revision = revision
-        if changed and self.learner.model.labels:
+        if changed and self.learner.labels:
             self._publish_evaluation(self.learner.evaluate(), None)
 
     def _extra_state(self) -> dict[str, Any]:
@@ -546,8 +562,3 @@ class LearnerLoop:
         )
         rates = self.learner.keep_rates()
         set_keep_rates(self.client, self.keys, {layer: round(rate, 4) for layer, rate in rates.items()})
-
-
-def _crash_point(name: str) -> None:
-    if os.environ.get(CRASH_AT_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
