@@ -19,7 +19,6 @@ from app.schemas import (
     RollbackAccepted,
     RollbackOptions,
 )
-from learner.online import LearnerConfig
 from learner.probes import validate_name
 from learner.snapshots import SnapshotError, SnapshotNotFoundError, is_snapshot_id
 from streams.control import Control, learner_state
@@ -27,7 +26,6 @@ from streams.notify import recent_evaluations
 from streams.records import FeedbackRecord, MalformedRecord
 
 ERRORS = {status: {"model": ErrorBody} for status in (401, 403, 404, 415, 422, 503)}
-MAX_PROBE_EXAMPLES = LearnerConfig().probe_size
 
 router = APIRouter(responses=ERRORS)
 admin = [Depends(require(Scope.ADMIN))]
@@ -109,8 +107,9 @@ def _scores(evaluated: dict | None) -> dict[str, float | None]:
 )
 async def put_probe(name: str, body: ProbeSetRequest, request: Request, response: Response) -> ProbeInfo:
     _check_probe_name(name)
-    if len(body.examples) > MAX_PROBE_EXAMPLES:
-        message = f"at most {MAX_PROBE_EXAMPLES} examples per probe set, got {len(body.examples)}"
+    most = request.app.state.settings.probe_size
+    if len(body.examples) > most:
+        message = f"at most {most} examples per probe set (RETENTIVE_PROBE_SIZE), got {len(body.examples)}"
         raise ApiError(
             422, "invalid_request", f"examples: {message}", [{"field": "examples", "message": message}]
         )

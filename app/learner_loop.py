@@ -65,6 +65,8 @@ class LoopConfig:
     backoff_max_s: float = 5.0
     snapshot_retry_s: float = 5.0
     alarm_policy: AlarmPolicy = AlarmPolicy.ALERT
+    lease_ttl_ms: int = 10_000
+    max_deliveries: int = 10
 
 
 @dataclass
@@ -100,8 +102,6 @@ class LearnerLoop:
         keys: StreamKeys,
         consumer_name: str,
         config: LoopConfig | None = None,
-        lease_ttl_ms: int = 10_000,
-        max_deliveries: int = 10,
         published: SnapshotStore | None = None,
         limits: RecordLimits | None = None,
     ) -> None:
@@ -113,9 +113,9 @@ class LearnerLoop:
         self.name = consumer_name
         self.config = config or LoopConfig()
         self.consumer = FeedbackConsumer(
-            client, keys, consumer_name, max_deliveries=max_deliveries, limits=limits
+            client, keys, consumer_name, max_deliveries=self.config.max_deliveries, limits=limits
         )
-        self.lease = Lease(client, keys.lease, consumer_name, ttl_ms=lease_ttl_ms)
+        self.lease = Lease(client, keys.lease, consumer_name, ttl_ms=self.config.lease_ttl_ms)
         self.control = Control(client, keys)
         self.state = LoopState()
         self.leading = False

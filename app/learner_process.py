@@ -61,8 +61,6 @@ def _learner_loop(settings: Settings, client: redis.Redis) -> LearnerLoop:
         settings.stream_keys(),
         consumer_name=f"{socket.gethostname()}-{os.getpid()}",
         config=settings.loop_config(),
-        lease_ttl_ms=settings.lease_ttl_ms,
-        max_deliveries=settings.max_deliveries,
         published=open_snapshot_store(settings.published_dir, keep=2),
         limits=settings.record_limits(),
     )

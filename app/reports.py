@@ -122,7 +122,7 @@ async def learner(request: Request) -> LearnerReport:
         learner=await run_in_threadpool(learner_state, client, keys),
         paused_reason=wanted.paused,
         strategy=settings.strategy,
-        migu_quantile=settings.migu_quantile,
+        quantile=settings.quantile,
         updates=_number(counters, "updates", int),
         updates_per_s=_number(counters, "updates_per_s", float),
         examples_per_s=_number(counters, "examples_per_s", float),

@@ -136,8 +136,8 @@ class LayerKeepRate(Strict):
 
 class LearnerReport(LearnerStatus):
     strategy: str = Field(description="Update strategy of the learner (RETENTIVE_STRATEGY).")
-    migu_quantile: float = Field(
-        description="Rows below this per-layer quantile get no update (RETENTIVE_MIGU_QUANTILE)."
+    quantile: float = Field(
+        description="Rows below this per-layer quantile get no update (RETENTIVE_QUANTILE)."
     )
     updates: int | None = Field(description="Learner updates so far; null before the learner reported any.")
     updates_per_s: float | None = Field(description="Updates per second between the last two reports.")

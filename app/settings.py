@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +22,7 @@ from streams.records import DEFAULT_LIMITS as _RECORD
 from streams.records import RecordLimits
 
 ENV_PREFIX = "RETENTIVE_"
+Config = TypeVar("Config", LearnerConfig, LoopConfig)
 _LEARNER = LearnerConfig()
 _LOOP = LoopConfig()
 
@@ -65,7 +67,7 @@ class Settings(BaseSettings):
     max_length: int = Field(
         _LEARNER.max_length, gt=0, le=8192, description="Tokens per text; longer texts are truncated."
     )
-    batch_size: int = Field(16, gt=0, le=4096, description="Examples per learner micro-batch.")
+    batch_size: int = Field(_LOOP.batch_size, gt=0, le=4096, description="Examples per learner micro-batch.")
     strategy: str = Field(
         _LEARNER.strategy,
         description=f"Update strategy. {describe_strategies()}.",
@@ -81,9 +83,9 @@ class Settings(BaseSettings):
     imprint: bool = Field(
         _LEARNER.imprint, description="Start a new label's head row from the mean embedding of its examples."
     )
-    learning_rate: float = Field(_LEARNER.lr, gt=0, description="AdamW learning rate of the encoder.")
-    head_learning_rate: float = Field(_LEARNER.head_lr, gt=0, description="AdamW learning rate of the head.")
-    migu_quantile: float = Field(
+    lr: float = Field(_LEARNER.lr, gt=0, description="AdamW learning rate of the encoder.")
+    head_lr: float = Field(_LEARNER.head_lr, gt=0, description="AdamW learning rate of the head.")
+    quantile: float = Field(
         _LEARNER.quantile, ge=0, lt=1, description="MIGU: rows below this per-layer quantile get no update."
     )
     replay_size: int = Field(_LEARNER.replay_size, ge=0, description="Examples kept in the replay reservoir.")
@@ -96,6 +98,12 @@ class Settings(BaseSettings):
         lt=1,
         description="Share of the stream held out (by hash of each example) to measure forgetting.",
     )
+    probe_size: int = Field(
+        _LEARNER.probe_size,
+        gt=0,
+        description="Most examples in a probe set: held-out sets stop growing there, registered ones are "
+        "refused above it.",
+    )
     eval_every: int = Field(
         _LEARNER.eval_every, gt=0, description="Evaluate the probes every this many updates."
     )
@@ -107,14 +115,27 @@ class Settings(BaseSettings):
         description="On an alarm: alert only, pause learning, or rollback to a good snapshot.",
     )
     batch_wait_s: float = Field(
-        1.0, gt=0, description="Longest wait to fill a micro-batch; a partial batch trains after it."
+        _LOOP.batch_wait_s,
+        gt=0,
+        description="Longest wait to fill a micro-batch; a partial batch trains after it.",
     )
-    snapshot_every: int = Field(200, gt=0, description="Write a snapshot every this many updates.")
+    snapshot_every: int = Field(
+        _LOOP.snapshot_every, gt=0, description="Write a snapshot every this many updates."
+    )
     snapshot_every_s: float = Field(
-        30.0, gt=0, description="Also snapshot (and so acknowledge) applied entries at least this often."
+        _LOOP.snapshot_every_s,
+        gt=0,
+        description="Also snapshot (and so acknowledge) applied entries at least this often.",
     )
-    stream_retention: int = Field(
-        1000, ge=0, description="Acknowledged entries kept in the stream after trimming, for inspection."
+    snapshot_retry_s: float = Field(
+        _LOOP.snapshot_retry_s,
+        gt=0,
+        description="After a snapshot failed to write (disk full, store down), try again this much later.",
+    )
+    retention: int = Field(
+        _LOOP.retention,
+        ge=0,
+        description="Acknowledged entries kept in the stream after trimming, for inspection.",
     )
     max_backlog: int = Field(
         100_000,
@@ -122,15 +143,18 @@ class Settings(BaseSettings):
         description="Unacknowledged entries past which feedback is refused (503 + Retry-After).",
     )
     max_deliveries: int = Field(
-        10, gt=0, description="Deliveries of one entry after which it goes to the dead-letter stream."
+        _LOOP.max_deliveries,
+        gt=0,
+        description="Deliveries of one entry after which it goes to the dead-letter stream.",
     )
     lease_ttl_ms: int = Field(
-        10_000,
+        _LOOP.lease_ttl_ms,
         ge=500,
         description="Learner lease; a standby takes over within this long after the active dies.",
     )
     ledger: bool = Field(
-        False, description="Test mode: keep every applied entry's id in the snapshots, to audit exactly-once."
+        _LOOP.ledger,
+        description="Test mode: keep every applied entry's id in the snapshots, to audit exactly-once.",
     )
     snapshot_keep: int = Field(
         5, gt=0, description="Newest snapshots kept (the best and pinned ones are kept too)."
@@ -178,6 +202,11 @@ class Settings(BaseSettings):
         gt=0,
         description="The learner also pauses while a replica's 95th percentile predict latency (ms) "
         "is above this.",
+    )
+    backoff_s: float = Field(
+        _LOOP.backoff_s,
+        gt=0,
+        description="How long the learner waits each time it backs off for serving.",
     )
     backoff_max_s: float = Field(
         _LOOP.backoff_max_s,
@@ -236,19 +265,7 @@ class Settings(BaseSettings):
         return value
 
     def loop_config(self) -> LoopConfig:
-        return LoopConfig(
-            batch_size=self.batch_size,
-            batch_wait_s=self.batch_wait_s,
-            snapshot_every=self.snapshot_every,
-            snapshot_every_s=self.snapshot_every_s,
-            retention=self.stream_retention,
-            ledger=self.ledger,
-            publish_every_s=self.publish_every_s,
-            backoff_queue=self.backoff_queue,
-            backoff_latency_ms=self.backoff_latency_ms,
-            backoff_max_s=self.backoff_max_s,
-            alarm_policy=self.alarm_policy,
-        )
+        return _config_from(LoopConfig, self)
 
     def record_limits(self) -> RecordLimits:
         return RecordLimits(max_text_chars=self.max_text_chars, max_label_chars=self.max_label_chars)
@@ -272,22 +289,14 @@ class Settings(BaseSettings):
         return self.data_dir / kind / self.model_name
 
     def learner_config(self) -> LearnerConfig:
-        return LearnerConfig(
-            strategy=self.strategy,
-            loss=self.loss,
-            head=self.head,
-            imprint=self.imprint,
-            lr=self.learning_rate,
-            head_lr=self.head_learning_rate,
-            quantile=self.migu_quantile,
-            replay_size=self.replay_size,
-            replay_ratio=self.replay_ratio,
-            max_length=self.max_length,
-            max_labels=self.max_labels,
-            probe_fraction=self.probe_fraction,
-            eval_every=self.eval_every,
-            alarm_threshold=self.alarm_threshold,
-        )
+        return _config_from(LearnerConfig, self)
+
+
+def _config_from(kind: type[Config], settings: Settings) -> Config:
+    """A config object whose every field that is also a setting takes the setting's value: one name per
+    setting, from the environment variable to its use, and one default (the config's)."""
+    names = [f.name for f in dataclasses.fields(kind) if f.name in Settings.model_fields]
+    return kind(**{name: getattr(settings, name) for name in names})
 
 
 def env_name(field: str) -> str:

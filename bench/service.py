@@ -23,7 +23,7 @@ QUICK_LEARNER: dict[str, object] = {
     "snapshot_every": 4,
     "snapshot_every_s": 1,
     "publish_every_s": 0.5,
-    "learning_rate": 1e-3,
+    "lr": 1e-3,
     "lease_ttl_ms": 2000,
 }
 

@@ -183,8 +183,8 @@ def learner_throughput(
         update={
             "strategy": "sgd",
             "head": "linear",
-            "learning_rate": BARE_LR,
-            "head_learning_rate": BARE_HEAD_LR,
+            "lr": BARE_LR,
+            "head_lr": BARE_HEAD_LR,
         }
     )
     bare, loop, default = [], [], []

@@ -105,7 +105,7 @@ def learner_harness(
         "RETENTIVE_EVAL_EVERY": "10",
         "RETENTIVE_LEASE_TTL_MS": "2000",
         "RETENTIVE_LEDGER": "true",
-        "RETENTIVE_LEARNING_RATE": "1e-3",
+        "RETENTIVE_LR": "1e-3",
     }
     if not redis_target.url:
         # Learners attach to the session's embedded server through its directory; the model name (unique

@@ -84,9 +84,9 @@ def start_loop(
         config=LoopConfig(
             batch_size=8,
             batch_wait_s=0.05,
+            lease_ttl_ms=1500,
             **{"snapshot_every": 1000, "snapshot_every_s": 60.0, "publish_every_s": 0.0, **config},
         ),
-        lease_ttl_ms=1500,
         published=SnapshotStore(root / "published", keep=2),
     )
     stop = threading.Event()

@@ -54,7 +54,7 @@ def test_a_key_file_adds_keys_and_a_bad_one_names_the_setting(
     [
         ({"batch_size": -1}, "RETENTIVE_BATCH_SIZE"),
         ({"model": "/no/such/model"}, "RETENTIVE_MODEL"),
-        ({"migu_quantile": 1.5}, "RETENTIVE_MIGU_QUANTILE"),
+        ({"quantile": 1.5}, "RETENTIVE_QUANTILE"),
         ({"strategy": "magic"}, "RETENTIVE_STRATEGY"),
         ({"key_prefix": "a b"}, "RETENTIVE_KEY_PREFIX"),
     ],

@@ -323,7 +323,7 @@ function drawGate(learner) {
   const why = gated ? "No gated update since the learner started or rolled back."
     : `The ${learner.strategy} strategy does not gate updates.`;
   if (!present("gate-chart", learner.layers.length > 0, why)) return;
-  const expected = 1 - learner.migu_quantile;
+  const expected = 1 - learner.quantile;
   Plotly.react("gate-chart", [{
     type: "bar", x: shortNames(learner.layers.map((l) => l.layer)), y: learner.layers.map((l) => l.keep_rate),
     marker: { color: COLORS[0] }, hovertemplate: "%{x}<br>keep-rate %{y:.3f}<extra></extra>",

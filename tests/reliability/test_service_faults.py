@@ -41,7 +41,7 @@ FAST_LEARNER = {
     "snapshot_every": 5,
     "snapshot_every_s": 1,
     "eval_every": 5,
-    "learning_rate": 1e-3,
+    "lr": 1e-3,
     "lease_ttl_ms": 2000,
     "publish_every_s": 0.5,
     "ledger": "true",
