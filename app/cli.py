@@ -13,8 +13,8 @@ from typing import Annotated
 import httpx
 import typer
 
-from app.feed import RetryPolicy, direct_sender, http_sender, open_input, progress_bar, service_url
-from app.feed import feed as feed_lines
+from app.client.feed import RetryPolicy, direct_sender, http_sender, open_input, progress_bar, service_url
+from app.client.feed import feed as feed_lines
 from app.settings import ConfigError, Settings, load_settings
 from learner.encoder import ModelNotFoundError
 from streams.connection import RedisUnavailableError, embedded_server
@@ -144,6 +144,27 @@ def learn(
         _fail(f"RETENTIVE_MODEL: {err}")
     except RedisUnavailableError as err:
         _fail(f"RETENTIVE_REDIS_URL: {err}")
+
+
+@cli.command()
+def pin(
+    snapshot_id: Annotated[str, typer.Argument(help="Snapshot id, as GET /v1/snapshots lists it.")],
+    unpin: Annotated[bool, typer.Option("--unpin", help="Let retention remove it again.")] = False,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Keep a snapshot whatever retention (RETENTIVE_SNAPSHOT_KEEP) would remove; --unpin undoes it."""
+    from learner.snapshots import SnapshotError
+    from learner.stores import open_snapshot_store
+
+    settings = _settings(data_dir=data_dir)
+    store = open_snapshot_store(settings.snapshot_dir, keep=settings.snapshot_keep)
+    try:
+        manifest = store.pin(snapshot_id, pinned=not unpin)
+    except (SnapshotError, ValueError) as err:
+        _fail(f"{snapshot_id}: {err}")
+    typer.echo(
+        f"{manifest.id} (version {manifest.version}) is {'pinned' if manifest.pinned else 'not pinned'}"
+    )
 
 
 FEED_HELP = (

@@ -16,7 +16,7 @@ from app.learner_loop import LearnerLoop
 from app.settings import Settings
 from learner.encoder import load_encoder
 from learner.online import OnlineLearner
-from learner.snapshots import open_snapshot_store
+from learner.stores import open_snapshot_store
 from streams.connection import connect
 
 

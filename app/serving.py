@@ -60,18 +60,7 @@ class ModelHolder:
             snapshot = self._newest_valid(above=served)
             if snapshot is None:
                 return False
-            tokenizer, encoder = self._fresh_encoder()
-            saved = snapshot.state["config"]
-            classifier = TextClassifier(
-                tokenizer,
-                encoder,
-                head=saved["head"],
-                max_length=saved["max_length"],
-                max_labels=saved["max_labels"],
-            )
-            classifier.set_labels(snapshot.state["labels"])
-            classifier.load_state_dict(snapshot.tensors[MODEL])
-            classifier.eval()
+            classifier = TextClassifier.from_snapshot(*self._fresh_encoder(), snapshot)
             self.current = ServedModel(snapshot.manifest.version, snapshot.id, classifier)
             log.info("serving model version %d (%s)", self.current.version, self.current.snapshot_id)
             return True

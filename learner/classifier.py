@@ -12,6 +12,7 @@ from transformers import BatchEncoding, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from learner.encoder import mean_pool
+from learner.snapshots import MODEL, Snapshot
 
 HeadKind = Literal["linear", "cosine"]
 
@@ -91,6 +92,25 @@ class TextClassifier(nn.Module):
         self.imprint = imprint
         self.labels: list[str] = []
         self._index: dict[str, int] = {}
+
+    @classmethod
+    def from_snapshot(
+        cls, tokenizer: PreTrainedTokenizerBase, encoder: PreTrainedModel, snapshot: Snapshot
+    ) -> TextClassifier:
+        """The classifier a snapshot holds, built on `encoder` (its weights are overwritten), ready to
+        predict."""
+        saved = snapshot.state["config"]
+        classifier = cls(
+            tokenizer,
+            encoder,
+            head=saved["head"],
+            max_length=saved["max_length"],
+            max_labels=saved["max_labels"],
+        )
+        classifier.set_labels(snapshot.state["labels"])
+        classifier.load_state_dict(snapshot.tensors[MODEL])
+        classifier.eval()
+        return classifier
 
     def tokenize(self, texts: list[str]) -> BatchEncoding:
         return self.tokenizer(

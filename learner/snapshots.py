@@ -8,8 +8,8 @@ Each snapshot is assembled in a hidden temp directory and renamed into place, so
 leaves either a complete snapshot or a dot-directory that listing ignores and the next save removes.
 Nothing in a snapshot is unpickled: tensors are safetensors, everything else is JSON.
 
-`open_snapshot_store` takes a local path (this module's store) or an fsspec URL such as ``s3://bucket/x``
-(`learner.fsspec_snapshots`, the same format written without renames or locks).
+`learner.stores.open_snapshot_store` opens this module's store for a local path, or for an fsspec URL such as
+``s3://bucket/x`` the store of `learner.fsspec_snapshots` (the same format written without renames or locks).
 """
 
 from __future__ import annotations
@@ -184,15 +184,6 @@ def is_url(location: Path | str) -> bool:
     return isinstance(location, str) and _URL_RE.match(location) is not None
 
 
-def open_snapshot_store(location: Path | str, keep: int = 5) -> SnapshotStore:
-    """The store at a local path, or at an fsspec URL (``s3://bucket/prefix``, ``file:///shared``)."""
-    if is_url(location):
-        from learner.fsspec_snapshots import FsspecSnapshotStore
-
-        return FsspecSnapshotStore(location, keep=keep)
-    return SnapshotStore(location, keep=keep)
-
-
 class SnapshotStore:
     """Directory of snapshots with atomic saves, hash-verified loads and retention.
 
@@ -280,10 +271,6 @@ class SnapshotStore:
                 return self._read_manifest(snapshot_id)
         return None
 
-    def find_model(self, model_sha256: str) -> Manifest | None:
-        """Newest complete snapshot whose model weights have this sha256, or None."""
-        return next((m for m in self.list() if m.model_sha256 == model_sha256), None)
-
     def load(self, snapshot_id: str, *, only: Iterable[str] | None = None) -> Snapshot:
         """Load and verify a snapshot.
 
@@ -340,16 +327,17 @@ class SnapshotStore:
                 skipped.append(str(exc))
         return None, skipped
 
-    def pin(self, snapshot_id: str, pinned: bool = True) -> None:
-        """Set or clear the pinned flag; pinned snapshots are never pruned."""
+    def pin(self, snapshot_id: str, pinned: bool = True) -> Manifest:
+        """Set or clear the pinned flag (pinned snapshots are never pruned); the manifest as it is now."""
         check_snapshot_id(snapshot_id)
         try:
             with self._locked():
                 manifest = self._read_manifest(snapshot_id)
                 if manifest.pinned == pinned:
-                    return
+                    return manifest
                 updated = dataclasses.replace(manifest, pinned=pinned)
                 self._replace_manifest(snapshot_id, updated.to_json())
+                return updated
         except OSError as exc:
             raise SnapshotError(
                 f"could not update pin of snapshot {snapshot_id}: {exc}", snapshot_id

@@ -15,12 +15,12 @@ import redis
 from typer.testing import CliRunner, Result
 
 from app.cli import cli
-from app.feed import FeedSummary, Refusal, RetryPolicy, Sender, TargetBusyError, feed
+from app.client.feed import FeedSummary, Refusal, RetryPolicy, Sender, TargetBusyError, feed
+from bench.service import free_port, serving
 from streams.connection import connect
 from streams.keys import StreamKeys
 from streams.records import FeedbackRecord
 from tests.conftest import TEST_REDIS_URL, RedisTarget
-from tests.services import free_port, serving
 
 FEED_KEY, PREDICT_KEY = "feed-key-1", "predict-key-1"
 # Small enough for a test to fill the backlog (no learner drains it) or pass the request limits.

@@ -14,7 +14,8 @@ import torch
 
 from app.settings import ConfigError, load_settings
 from learner.fsspec_snapshots import FsspecSnapshotStore
-from learner.snapshots import SnapshotError, SnapshotStore, open_snapshot_store
+from learner.snapshots import SnapshotError, SnapshotStore
+from learner.stores import open_snapshot_store
 from tests.test_snapshots import _assert_tensors_equal, _flip_byte, _state, _tensors
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.reports import accuracy_matrix
+from app.routes.forgetting import accuracy_matrix
 
 
 def evaluation(updates: int, at: str, accuracies: dict[str, float], alarms: list[dict] | None = None) -> dict:

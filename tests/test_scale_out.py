@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from learner.snapshots import open_snapshot_store
+from bench.service import QUICK_LEARNER, eventually, learner_and_replicas
+from learner.stores import open_snapshot_store
 from streams.connection import connect
 from streams.keys import StreamKeys
 from streams.notify import latest_version
 from tests.conftest import TEST_REDIS_URL
-from tests.polling import eventually
-from tests.services import QUICK_LEARNER, learner_and_replicas
 from tests.test_api import ADMIN, LABELS, call, examples
 
 REPLICAS = 3

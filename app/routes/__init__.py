@@ -1,0 +1,29 @@
+"""The API's routers, one per resource; `create_app` includes them all."""
+
+from __future__ import annotations
+
+from app.routes import (
+    dashboard,
+    feedback,
+    forgetting,
+    health,
+    learner,
+    metrics,
+    model,
+    predict,
+    probes,
+    snapshots,
+)
+
+ROUTERS = [
+    health.router,
+    predict.router,
+    feedback.router,
+    model.router,
+    snapshots.router,
+    forgetting.router,
+    probes.router,
+    learner.router,
+    metrics.router,
+    dashboard.router,
+]

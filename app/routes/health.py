@@ -1,0 +1,29 @@
+"""Liveness and readiness, for load balancers and orchestrators; no key needed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from app.deps import HolderDep, RedisDep
+from app.errors import error_response
+
+router = APIRouter()
+
+
+@router.get("/healthz", summary="The process is up")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Redis answers (the model may still be waiting for its first snapshot)")
+async def readyz(client: RedisDep, holder: HolderDep) -> JSONResponse:
+    try:
+        await asyncio.to_thread(client.ping)
+    except redis.RedisError as err:
+        return error_response(503, "redis_unavailable", f"Redis does not answer: {err}")
+    served = holder.current
+    return JSONResponse({"status": "ready", "model_version": served.version if served else None})

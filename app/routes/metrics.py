@@ -1,0 +1,31 @@
+"""Prometheus metrics of this replica, with the learner's counters and latest evaluation read from Redis."""
+
+from __future__ import annotations
+
+import redis
+from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from app.deps import HolderDep, KeysDep, MetricsDep, ProducerDep, RedisDep
+from streams.notify import read_counters, recent_evaluations
+
+router = APIRouter()
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+async def prometheus(
+    client: RedisDep, keys: KeysDep, holder: HolderDep, producer: ProducerDep, metrics: MetricsDep
+) -> Response:
+    served = holder.current
+    metrics.model_version.set(served.version if served else 0)
+    try:
+        metrics.stream_lag.set(await run_in_threadpool(producer.backlog))
+        counters = await run_in_threadpool(read_counters, client, keys)
+        metrics.observe_counters(counters)
+        latest = await run_in_threadpool(recent_evaluations, client, keys, 1)
+        metrics.observe_evaluation(latest[0] if latest else {})
+    except redis.RedisError:
+        pass  # serve what is known; the stream gauges keep their last values
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
