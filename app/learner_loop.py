@@ -36,6 +36,7 @@ from typing import Any
 import redis
 
 from app.faults import crash_point
+from app.ledger import Row, ledger_rows
 from learner.forgetting import Alarm, AlarmPolicy
 from learner.online import Example, OnlineLearner
 from learner.snapshots import Manifest, Snapshot, SnapshotError, SnapshotStore
@@ -86,7 +87,7 @@ class StreamCounters:
 class LoopState:
     cursor: str | None = None
     counters: StreamCounters = field(default_factory=StreamCounters)
-    ledger: list[list[str]] = field(default_factory=list)
+    ledger: list[Row] = field(default_factory=list)
 
 
 class LeaseLostError(RuntimeError):
@@ -245,10 +246,7 @@ class LearnerLoop:
             self.state.cursor = fresh[-1].stream_id
         self._unsnapshotted += len(fresh)
         if self.config.ledger:
-            for entry, held in zip(fresh, report.held_out_mask, strict=True):
-                self.state.ledger.append(
-                    [entry.stream_id, entry.record.id or "", "held_out" if held else "trained"]
-                )
+            self.state.ledger += ledger_rows(fresh, report.held_out_mask)
         if report.evaluated:
             rolled_back_to = self._act_on_alarms(report.alarms)
             self._publish_evaluation(report.alarms, rolled_back_to)
@@ -550,8 +548,6 @@ class LearnerLoop:
                 "applied": counters.applied,
                 "held_out": counters.held_out,
                 "updates": self.learner.counters.updates,
-                "examples_trained": self.learner.counters.examples_trained,
-                "examples_held_out": self.learner.counters.examples_held_out,
                 "skipped_steps": self.learner.counters.skipped_steps,
                 "backoffs": counters.backoffs,
                 "rollbacks": counters.rollbacks,

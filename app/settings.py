@@ -154,7 +154,8 @@ class Settings(BaseSettings):
     )
     ledger: bool = Field(
         _LOOP.ledger,
-        description="Test mode: keep every applied entry's id in the snapshots, to audit exactly-once.",
+        description="Keep every applied entry's id in the snapshots, to audit exactly-once delivery "
+        "(it grows with the stream: for tests and benchmarks, see app/ledger.py).",
     )
     snapshot_keep: int = Field(
         5, gt=0, description="Newest snapshots kept (the best and pinned ones are kept too)."

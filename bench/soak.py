@@ -258,7 +258,7 @@ def _result(
     counters_before, counters_after = before["counters"], after["counters"]
     learner = {
         name: counters_after.get(name, 0) - counters_before.get(name, 0)
-        for name in ("updates", "examples_trained", "backoffs")
+        for name in ("updates", "applied", "backoffs")
     }
     passed = (
         server_errors == 0

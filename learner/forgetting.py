@@ -195,14 +195,6 @@ class ForgettingTracker:
             "bwt": _mean([probe.bwt for probe in stats]),
         }
 
-    def probe(self, name: str, history_limit: int | None = None) -> dict[str, Any] | None:
-        """One probe's accuracy, first and best accuracy, forgetting, BWT and history.
-
-        The history is cut to its latest `history_limit` points when given; None for an unknown probe.
-        """
-        stats = self._stats.get(name)
-        return None if stats is None else self._entry(name, stats, history_limit)
-
     def _entry(self, name: str, stats: _ProbeStats, history_limit: int | None) -> dict[str, Any]:
         history = [
             {"updates": ev.updates, "model_version": ev.model_version, "accuracy": ev.accuracies[name]}
@@ -220,19 +212,6 @@ class ForgettingTracker:
             "bwt": stats.bwt,
             "history": history,
         }
-
-    def evaluations(self) -> list[dict[str, Any]]:
-        """Updates, model version and time of each kept evaluation: the row labels of `matrix()`."""
-        return [
-            {"updates": ev.updates, "model_version": ev.model_version, "evaluated_at": ev.at}
-            for ev in self._evaluations
-        ]
-
-    def matrix(self) -> tuple[list[str], list[list[float | None]]]:
-        """Probe names (sorted) and a row of accuracies per kept evaluation, None where a probe was absent."""
-        names = sorted(self._stats)
-        rows = [[ev.accuracies.get(name) for name in names] for ev in self._evaluations]
-        return names, rows
 
     def report(
         self,

@@ -4,16 +4,15 @@ While a training forward runs inside ``MiguGate.measuring``, every gated ``nn.Li
 accumulates, per output row, the L1 magnitude of its output over the real tokens.
 After backward, ``row_masks`` keeps, in each layer, only the rows whose magnitude reaches
 the layer's ``quantile``-quantile; the optimizer then updates those rows alone
-(``GatedAdamW.step(masks)``, or ``zero_masked_grads`` for plain SGD).
+(``GatedAdamW.step(masks)``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
@@ -117,14 +116,6 @@ class MiguGate:
             sums[name] if name in sums else layer.weight.new_zeros(layer.out_features, dtype=torch.float32)
             for name, layer in self.layers.items()
         ]
-        if magnitudes and dist.is_available() and dist.is_initialized():
-            # One collective for all layers: every rank must gate on the same global magnitudes.
-            flat = torch.cat([m.to(magnitudes[0].device) for m in magnitudes])
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            magnitudes = [
-                part.to(m.device)
-                for part, m in zip(flat.split([m.numel() for m in magnitudes]), magnitudes, strict=True)
-            ]
         gating = self._steps >= self.warmup_steps
         self._steps += 1
 
@@ -154,15 +145,6 @@ class MiguGate:
     def discard(self) -> None:
         """Drop the magnitudes measured since the last ``row_masks`` (a skipped step); no step is counted."""
         self._sums = {}
-
-    @staticmethod
-    def zero_masked_grads(masks: Mapping[nn.Parameter, Tensor]) -> None:
-        """Zero the gradient rows the masks do not keep (for optimizers other than GatedAdamW)."""
-        for param, keep in masks.items():
-            if param.grad is None:
-                continue
-            drop = ~keep.to(device=param.grad.device, dtype=torch.bool)
-            param.grad.masked_fill_(drop.view((-1,) + (1,) * (param.grad.ndim - 1)), 0.0)
 
     def last_stats(self) -> dict[str, dict[str, float]]:
         """Per gated layer of the last step: keep_rate, threshold, mean and max magnitude."""

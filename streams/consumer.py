@@ -27,6 +27,7 @@ import redis
 from streams.keys import StreamKeys
 from streams.producer import FeedbackProducer
 from streams.records import DEFAULT_LIMITS, FeedbackRecord, MalformedRecord, RecordLimits
+from streams.replies import as_text
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ class FeedbackConsumer:
         kept = self.client.xrevrange(self.keys.feedback, max=cursor, min="-", count=retention + 1)
         if len(kept) <= retention:
             return 0
-        min_id = _text(kept[retention - 1][0]) if retention else _next_id(cursor)
+        min_id = as_text(kept[retention - 1][0]) if retention else _next_id(cursor)
         try:
             summary = self.client.xpending(self.keys.feedback, GROUP)
         except redis.ResponseError as err:
@@ -197,7 +198,7 @@ class FeedbackConsumer:
                 raise
             return 0
         if summary["pending"] and summary["min"] is not None:
-            oldest_pending = _text(summary["min"])
+            oldest_pending = as_text(summary["min"])
             if stream_id_key(oldest_pending) < stream_id_key(min_id):
                 min_id = oldest_pending
         # Exact MINID, so exactly `retention` entries stay: with `~` Redis removes only whole internal
@@ -225,10 +226,10 @@ class FeedbackConsumer:
             page = self.client.xrange(self.keys.feedback, min=start, max=through, count=_PAGE)
             for raw_id, fields in page:
                 with contextlib.suppress(MalformedRecord):
-                    entries.append(Entry(_text(raw_id), FeedbackRecord.from_fields(fields, self.limits), 1))
+                    entries.append(Entry(as_text(raw_id), FeedbackRecord.from_fields(fields, self.limits), 1))
             if len(page) < _PAGE:
                 return entries
-            start = f"({_text(page[-1][0])}"
+            start = f"({as_text(page[-1][0])}"
 
     def acknowledged_after(self, cursor: str | None) -> list[Entry]:
         """Entries after `cursor` that the group already delivered and acknowledged, in ID order.
@@ -262,7 +263,9 @@ class FeedbackConsumer:
             self.ensure_group(self.last_cursor)
             return []
         rows = [
-            (_text(stream_id), fields) for _, stream_rows in reply or [] for stream_id, fields in stream_rows
+            (as_text(stream_id), fields)
+            for _, stream_rows in reply or []
+            for stream_id, fields in stream_rows
         ]
         return self._admit(rows, {})
 
@@ -306,10 +309,10 @@ class FeedbackConsumer:
             )
             for stream_id, values in reply[1]:
                 if stream_id is not None:
-                    fields[_text(stream_id)] = values
+                    fields[as_text(stream_id)] = values
             if len(reply) > 2:
-                deleted += [_text(stream_id) for stream_id in reply[2]]
-            start = _text(reply[0])
+                deleted += [as_text(stream_id) for stream_id in reply[2]]
+            start = as_text(reply[0])
             if start == "0-0":
                 return fields, deleted
 
@@ -320,10 +323,10 @@ class FeedbackConsumer:
         while True:
             page = self.client.xpending_range(self.keys.feedback, GROUP, min=start, max="+", count=_PAGE)
             for row in page:
-                counts[_text(row["message_id"])] = int(row["times_delivered"])
+                counts[as_text(row["message_id"])] = int(row["times_delivered"])
             if len(page) < _PAGE:
                 return counts
-            start = _next_id(_text(page[-1]["message_id"]))
+            start = _next_id(as_text(page[-1]["message_id"]))
 
     def _last_delivered(self) -> str | None:
         try:
@@ -331,8 +334,8 @@ class FeedbackConsumer:
         except redis.ResponseError:
             return None
         for group in groups:
-            if _text(group["name"]) == GROUP:
-                return _text(group["last-delivered-id"])
+            if as_text(group["name"]) == GROUP:
+                return as_text(group["last-delivered-id"])
         return None
 
     def _dead_lettered_after(self, cursor: str | None) -> set[str]:
@@ -344,10 +347,10 @@ class FeedbackConsumer:
             for _, fields in page:
                 original = fields.get(b"stream_id") or fields.get("stream_id")
                 if original is not None:
-                    ids.add(_text(original))
+                    ids.add(as_text(original))
             if len(page) < _PAGE:
                 return ids
-            start = f"({_text(page[-1][0])}"
+            start = f"({as_text(page[-1][0])}"
 
     def _ack(self, stream_ids: Iterable[str]) -> None:
         ids = list(stream_ids)
@@ -373,10 +376,6 @@ class FeedbackConsumer:
 
 def _is_nogroup(err: redis.ResponseError) -> bool:
     return str(err).startswith("NOGROUP")
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _next_id(stream_id: str) -> str:

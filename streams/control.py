@@ -15,6 +15,7 @@ import redis
 
 from streams.heartbeats import alive
 from streams.keys import StreamKeys
+from streams.replies import as_text
 
 PAUSED = "paused"
 ROLLBACK = "rollback"
@@ -36,10 +37,6 @@ if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
 end
 return 0
 """
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True)
@@ -74,7 +71,7 @@ class Control:
         self.keys = keys
 
     def state(self) -> ControlState:
-        fields = {_text(k): _text(v) for k, v in self.client.hgetall(self.keys.control).items()}
+        fields = {as_text(k): as_text(v) for k, v in self.client.hgetall(self.keys.control).items()}
         rollback = fields.get(ROLLBACK)
         return ControlState(
             paused=fields.get(PAUSED),
@@ -115,7 +112,7 @@ class Control:
     def probes(self) -> dict[str, list[tuple[str, str]]]:
         """Every registered probe: name to (text, label) pairs."""
         return {
-            _text(name): [(text, label) for text, label in json.loads(raw)]
+            as_text(name): [(text, label) for text, label in json.loads(raw)]
             for name, raw in self.client.hgetall(self.keys.probes).items()
         }
 
@@ -125,7 +122,7 @@ def learner_state(client: redis.Redis, keys: StreamKeys) -> str:
     reports = alive(client, keys.learners)
     holder = client.get(keys.lease)
     if holder is not None:
-        state = reports.get(_text(holder), {}).get("state")
+        state = reports.get(as_text(holder), {}).get("state")
         return "paused" if state == "paused" else "running"
     if any(report.get("state") == "standby" for report in reports.values()):
         return "standby"

@@ -16,10 +16,7 @@ import redis
 import redis.client
 
 from streams.keys import StreamKeys
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+from streams.replies import as_text
 
 
 def publish_version(
@@ -66,7 +63,7 @@ def latest_version(client: redis.Redis, keys: StreamKeys) -> tuple[int, str] | N
     version, snapshot_id = client.hmget(keys.counters, ["version", "snapshot_id"])
     if version is None or snapshot_id is None:
         return None
-    return int(version), _text(snapshot_id)
+    return int(version), as_text(snapshot_id)
 
 
 def record_evaluation(client: redis.Redis, keys: StreamKeys, evaluation: dict, keep: int = 200) -> None:
@@ -94,7 +91,7 @@ def set_counters(client: redis.Redis, keys: StreamKeys, values: Mapping[str, int
 
 def read_counters(client: redis.Redis, keys: StreamKeys) -> dict[str, str]:
     """Every field of the counters hash, as text."""
-    return {_text(field): _text(value) for field, value in client.hgetall(keys.counters).items()}
+    return {as_text(field): as_text(value) for field, value in client.hgetall(keys.counters).items()}
 
 
 def set_keep_rates(client: redis.Redis, keys: StreamKeys, rates: Mapping[str, float]) -> None:

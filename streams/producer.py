@@ -13,6 +13,7 @@ import redis
 
 from streams.keys import StreamKeys
 from streams.records import DEFAULT_LIMITS, FeedbackRecord, MalformedRecord, RecordLimits
+from streams.replies import as_text
 
 # No learner throughput is known here, so Retry-After is a heuristic: a short wait when the request barely
 # overshoots the limit, growing linearly to the cap when it overshoots by the whole limit.
@@ -178,10 +179,10 @@ class FeedbackProducer:
                 args += [name, value]
 
         reply = self._add(keys=keys, args=args)
-        if _text(reply[0]) == "full":
+        if as_text(reply[0]) == "full":
             raise BacklogFull(backlog=int(reply[1]), limit=self.max_backlog, requested=int(reply[2]))
         return AddResult(
-            stream_ids=[_text(stream_id) for stream_id in reply[3:]],
+            stream_ids=[as_text(stream_id) for stream_id in reply[3:]],
             accepted=int(reply[1]),
             duplicates=int(reply[2]),
         )
@@ -196,7 +197,3 @@ class FeedbackProducer:
             raise ValueError(f"count must not be negative (got {count})")
         if count:
             self._acknowledged(keys=[self.keys.backlog], args=[count])
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from app.faults import CRASH_AT_ENV
+from bench.service import eventually
 from learner.snapshots import SnapshotStore
 from streams.consumer import GROUP
 from streams.keys import StreamKeys
@@ -63,12 +64,11 @@ class LearnerHarness:
         return int(self.client.xpending(self.keys.feedback, GROUP)["pending"])
 
     def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}; logs: {self.log_tail()}")
+        """`eventually`, with the learners' logs in the failure."""
+        try:
+            eventually(condition, timeout, what, every=0.2)
+        except AssertionError as err:
+            raise AssertionError(f"{err}; logs: {self.log_tail()}") from None
 
     def log_tail(self) -> str:
         return " | ".join(p.read_text()[-600:] for p in sorted(self.logs.iterdir())[-2:])

@@ -1,32 +1,14 @@
-"""Real `retentive` processes for end-to-end tests (the launcher is shared with the benchmarks), and a first
-snapshot for an API replica to serve."""
+"""What end-to-end tests share beyond the launcher in `bench.service`: a first snapshot for an API replica to
+serve, and one way to call a service over HTTP."""
 
 from __future__ import annotations
 
+import httpx
+
 from app.settings import Settings
-from bench.service import (
-    QUICK_LEARNER,
-    free_port,
-    learner_and_replicas,
-    serve_log,
-    service_env,
-    serving,
-    wait_ready,
-)
 from learner.encoder import load_encoder
 from learner.online import Example, LearnerConfig, OnlineLearner
 from learner.snapshots import SnapshotStore
-
-__all__ = [
-    "QUICK_LEARNER",
-    "free_port",
-    "learner_and_replicas",
-    "serve_log",
-    "service_env",
-    "serving",
-    "wait_ready",
-    "write_snapshot",
-]
 
 
 def write_snapshot(settings: Settings) -> str:
@@ -35,3 +17,12 @@ def write_snapshot(settings: Settings) -> str:
     learner = OnlineLearner(tokenizer, encoder, LearnerConfig(probe_fraction=0.0))
     learner.learn([Example("the match ended in a draw", "sport"), Example("rates rose again", "business")])
     return learner.save(SnapshotStore(settings.snapshot_dir)).id
+
+
+def call(
+    base: str, method: str, path: str, key: str | None = None, timeout: float = 30, **kwargs: object
+) -> httpx.Response:
+    """`method path` on the service at `base`, with `key` as its bearer token when given."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers |= kwargs.pop("headers", None) or {}
+    return httpx.request(method, f"{base}{path}", headers=headers, timeout=timeout, **kwargs)

@@ -11,8 +11,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.polling import eventually
-from tests.services import QUICK_LEARNER, serving
+from bench.service import QUICK_LEARNER, eventually, serving
+from tests import services
 
 LABELS = {
     "astronomy": "the telescope saw a distant galaxy and a bright comet near the planet",
@@ -40,8 +40,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> I
 
 
 def call(base: str, method: str, path: str, key: str | None = ADMIN, **kwargs: object) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.request(method, f"{base}{path}", headers=headers, timeout=30, **kwargs)
+    return services.call(base, method, path, key, **kwargs)
 
 
 def examples(count: int) -> list[dict[str, str]]:
@@ -194,6 +193,30 @@ def test_metrics_and_snapshots_report_what_happened(service: str, taught: Taught
     snapshots = call(service, "GET", "/v1/snapshots").json()
     versions = [s["version"] for s in snapshots]
     assert versions == sorted(versions, reverse=True) and versions[-1] <= version
+
+
+def test_operators_pin_a_snapshot_past_retention(service: str, taught: Taught) -> None:
+    oldest = call(service, "GET", "/v1/snapshots").json()[-1]
+    pinned = call(service, "PUT", f"/v1/snapshots/{oldest['id']}/pin")
+    assert pinned.status_code == 200 and pinned.json()["pinned"] is True
+    assert call(service, "PUT", f"/v1/snapshots/{oldest['id']}/pin", key=PREDICTOR).status_code == 403
+    # The learner keeps the 5 newest snapshots (and the best): feed until 5 newer ones were kept, which
+    # retention alone would have pruned the pinned one for.
+    more = [{"text": f"{LABELS['astronomy']} pinned {i}", "label": "astronomy"} for i in range(120)]
+    assert call(service, "POST", "/v1/feedback", json={"examples": more}).status_code == 202
+
+    def listed() -> list[dict]:
+        return call(service, "GET", "/v1/snapshots").json()
+
+    def newer() -> int:
+        return len([s for s in listed() if s["version"] > oldest["version"]])
+
+    eventually(lambda: newer() >= 5, 120, "five newer snapshots")
+    assert any(s["id"] == oldest["id"] and s["pinned"] for s in listed())
+    unpinned = call(service, "DELETE", f"/v1/snapshots/{oldest['id']}/pin")
+    assert unpinned.status_code == 200 and unpinned.json()["pinned"] is False
+    missing = call(service, "PUT", "/v1/snapshots/00009999-aaaaaaaaaaaa/pin")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "snapshot_not_found"
 
 
 def test_killed_learner_child_leaves_predictions_up_and_is_restarted(service: str, taught: Taught) -> None:

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from app.settings import load_settings
+from learner.snapshots import SnapshotStore
 from streams.connection import stop_embedded
 from tests.conftest import TEST_REDIS_URL
+from tests.services import write_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,3 +89,17 @@ def test_readme_install_steps_are_the_ones_ci_runs() -> None:
     steps = [step.strip() for step in install.split("&&") if step.strip().startswith("pip install")]
     assert steps and all(step in ci for step in steps)
     assert "python -m pytest" in readme and "python -m pytest" in ci
+
+
+def test_pin_keeps_a_snapshot_and_unpin_releases_it(tmp_path: Path, tiny_model_dir: Path) -> None:
+    settings = load_settings(data_dir=tmp_path, model=str(tiny_model_dir))
+    snapshot_id = write_snapshot(settings)
+    env = {"RETENTIVE_MODEL": str(tiny_model_dir)}
+    pinned = run_cli("pin", snapshot_id, "--data-dir", str(tmp_path), env=env)
+    assert pinned.returncode == 0, pinned.stderr
+    assert pinned.stdout == f"{snapshot_id} (version 1) is pinned\n"
+    assert SnapshotStore(settings.snapshot_dir).latest().pinned
+    unpinned = run_cli("pin", snapshot_id, "--unpin", "--data-dir", str(tmp_path), env=env)
+    assert unpinned.returncode == 0 and not SnapshotStore(settings.snapshot_dir).latest().pinned
+    missing = run_cli("pin", "00000099-0123456789ab", "--data-dir", str(tmp_path), env=env)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: 00000099-0123456789ab: ")

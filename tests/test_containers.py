@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.main import create_app
 from app.settings import Settings, env_name, load_settings
-from tests.services import serving
+from bench.service import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

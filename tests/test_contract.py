@@ -18,7 +18,9 @@ from schemathesis.checks import (
 )
 
 from app.settings import Settings
-from tests.services import serving, write_snapshot
+from bench.service import serving
+from tests import services
+from tests.services import write_snapshot
 
 KEYS = {"admin": "contract-admin", "predict": "contract-predict", "feedback": "contract-feedback"}
 LIMITS = {
@@ -78,8 +80,7 @@ def base(replica: tuple[str, str]) -> str:
 def call(
     base: str, method: str, path: str, key: str | None = KEYS["admin"], **kwargs: object
 ) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.request(method, f"{base}{path}", headers=headers, timeout=30, **kwargs)
+    return services.call(base, method, path, key, **kwargs)
 
 
 def stream_lag(base: str) -> int:

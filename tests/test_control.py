@@ -7,10 +7,10 @@ import time
 
 import redis
 
+from bench.service import eventually
 from streams.control import Control, learner_state
 from streams.heartbeats import alive, beat, keep_beating
 from streams.keys import StreamKeys
-from tests.polling import eventually
 
 
 def keys_for(prefix: str) -> StreamKeys:

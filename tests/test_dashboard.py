@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from tests.polling import eventually
-from tests.services import QUICK_LEARNER, serving
+from bench.service import QUICK_LEARNER, eventually, serving
+from tests import services
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -38,15 +38,12 @@ ADMIN, PREDICTOR = "dashboard-admin", "dashboard-predict"
 WORST_N = 8  # what the page plots until the user picks
 
 
-def call(
-    base: str, path: str, key: str | None = ADMIN, method: str = "GET", **kwargs: object
-) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.request(method, f"{base}{path}", headers=headers, timeout=30, **kwargs)
+def call(base: str, method: str, path: str, key: str | None = ADMIN, **kwargs: object) -> httpx.Response:
+    return services.call(base, method, path, key, **kwargs)
 
 
 def feed(base: str, examples: list[dict[str, str]]) -> None:
-    response = call(base, "/v1/feedback", method="POST", json={"examples": examples})
+    response = call(base, "POST", "/v1/feedback", json={"examples": examples})
     assert response.status_code == 202, response.text
 
 
@@ -60,11 +57,11 @@ def examples(count: int, texts: dict[str, str], tag: str) -> list[dict[str, str]
 
 
 def settled(base: str) -> bool:
-    return call(base, "/v1/model").json()["stream_lag"] == 0
+    return call(base, "GET", "/v1/model").json()["stream_lag"] == 0
 
 
 def alarmed(base: str) -> bool:
-    return call(base, "/v1/evaluations").json()["alarms"] != []
+    return call(base, "GET", "/v1/evaluations").json()["alarms"] != []
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +92,8 @@ def service(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> I
 
 
 def test_the_accuracy_matrix_matches_the_latest_evaluation_and_marks_the_alarm(service: str) -> None:
-    matrix = call(service, "/v1/evaluations").json()
-    forgetting = call(service, "/v1/forgetting").json()
+    matrix = call(service, "GET", "/v1/evaluations").json()
+    forgetting = call(service, "GET", "/v1/forgetting").json()
     assert matrix["evaluations"][-1]["evaluated_at"] == forgetting["evaluated_at"]
     latest = {name: row[-1] for name, row in zip(matrix["probes"], matrix["accuracy"], strict=True)}
     assert latest == {probe["name"]: probe["accuracy"] for probe in forgetting["probes"]}
@@ -104,21 +101,21 @@ def test_the_accuracy_matrix_matches_the_latest_evaluation_and_marks_the_alarm(s
     updates = [column["updates"] for column in matrix["evaluations"]]
     assert updates == sorted(updates) and len(updates) >= 3
     assert "held_out:astronomy:w0" in {alarm["probe"] for alarm in matrix["alarms"]}
-    assert len(call(service, "/v1/evaluations?limit=2").json()["evaluations"]) == 2
+    assert len(call(service, "GET", "/v1/evaluations?limit=2").json()["evaluations"]) == 2
 
 
 def test_the_version_log_lists_every_publication_newest_first(service: str) -> None:
-    log = call(service, "/v1/versions").json()
+    log = call(service, "GET", "/v1/versions").json()
     versions = [event["version"] for event in log]
     assert versions == sorted(versions, reverse=True) and len(set(versions)) == len(versions)
     assert {event["kind"] for event in log} <= {"snapshot", "weights"}
-    on_disk = {snapshot["id"] for snapshot in call(service, "/v1/snapshots").json()}
+    on_disk = {snapshot["id"] for snapshot in call(service, "GET", "/v1/snapshots").json()}
     assert on_disk <= {event["snapshot_id"] for event in log if event["kind"] == "snapshot"}
-    assert len(call(service, "/v1/versions?limit=1").json()) == 1
+    assert len(call(service, "GET", "/v1/versions?limit=1").json()) == 1
 
 
 def test_the_learner_reports_its_speed_and_the_keep_rate_of_every_gated_layer(service: str) -> None:
-    learner = call(service, "/v1/learner").json()
+    learner = call(service, "GET", "/v1/learner").json()
     assert learner["strategy"] == "migu" and learner["learner"] == "running" and learner["updates"] > 0
     layers = [layer["layer"] for layer in learner["layers"]]
     assert len(layers) == 12 and layers[0] == "encoder.encoder.layer.0.attention.self.query"
@@ -130,24 +127,24 @@ def test_the_data_views_need_the_predict_scope_and_refuse_bad_limits(service: st
     for path in ("/v1/evaluations", "/v1/versions", "/v1/learner"):
         assert call(service, path, key=None).json()["error"]["code"] == "unauthorized"
         assert call(service, path, key=PREDICTOR).status_code == 200
-    refused = call(service, "/v1/evaluations?limit=0")
+    refused = call(service, "GET", "/v1/evaluations?limit=0")
     assert refused.status_code == 422 and refused.json()["error"]["details"][0]["field"] == "query.limit"
     assert "greater than or equal to 1" in refused.json()["error"]["message"]
 
 
 def test_the_page_and_plotly_are_served_without_a_key(service: str) -> None:
-    page = call(service, "/dashboard", key=None)
+    page = call(service, "GET", "/dashboard", key=None)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "dashboard/plotly.min.js" in page.text
-    plotly_js = call(service, "/dashboard/plotly.min.js", key=None)
+    plotly_js = call(service, "GET", "/dashboard/plotly.min.js", key=None)
     shipped = (files("plotly") / "package_data" / "plotly.min.js").read_bytes()
     assert plotly_js.status_code == 200 and plotly_js.content == shipped
     assert (
-        call(service, "/dashboard/dashboard.js", key=None)
+        call(service, "GET", "/dashboard/dashboard.js", key=None)
         .headers["content-type"]
         .startswith("text/javascript")
     )
-    missing = call(service, "/dashboard/secrets.txt", key=None)
+    missing = call(service, "GET", "/dashboard/secrets.txt", key=None)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
 
@@ -225,9 +222,9 @@ def test_without_a_key_the_page_says_which_key_it_needs(browser: Browser, servic
 def test_with_a_key_every_chart_draws_the_service_data(
     browser: Browser, service: str, tmp_path: Path
 ) -> None:
-    forgetting = call(service, "/v1/forgetting").json()
-    matrix = call(service, "/v1/evaluations").json()
-    learner = call(service, "/v1/learner").json()
+    forgetting = call(service, "GET", "/v1/forgetting").json()
+    matrix = call(service, "GET", "/v1/evaluations").json()
+    learner = call(service, "GET", "/v1/learner").json()
     with dashboard(browser, service, key=PREDICTOR) as tab:
         for chart in ("accuracy-chart", "matrix-chart", "timeline-chart", "gate-chart"):
             tab.wait_for_chart(chart)
@@ -257,7 +254,7 @@ def test_with_a_key_every_chart_draws_the_service_data(
 
 
 def test_the_rollback_button_needs_an_admin_key_and_then_rolls_back(browser: Browser, service: str) -> None:
-    target = call(service, "/v1/snapshots").json()[-1]
+    target = call(service, "GET", "/v1/snapshots").json()[-1]
     button = f"#snapshot-table tr[title^='{target['id']}'] button"
     with dashboard(browser, service, key=PREDICTOR) as tab:
         tab.page.on("dialog", lambda dialog: dialog.accept())
@@ -265,7 +262,7 @@ def test_the_rollback_button_needs_an_admin_key_and_then_rolls_back(browser: Bro
         tab.page.click(button)
         tab.page.wait_for_selector("#rollback-note.error")
         assert "admin scope" in tab.page.inner_text("#rollback-note")
-        assert not any(event["rolled_back_to"] for event in call(service, "/v1/versions").json())
+        assert not any(event["rolled_back_to"] for event in call(service, "GET", "/v1/versions").json())
 
         tab.use_key(ADMIN)
         tab.wait_for_chart("timeline-chart")
@@ -274,7 +271,8 @@ def test_the_rollback_button_needs_an_admin_key_and_then_rolls_back(browser: Bro
 
         def rolled_back() -> bool:
             return any(
-                event["rolled_back_to"] == target["id"] for event in call(service, "/v1/versions").json()
+                event["rolled_back_to"] == target["id"]
+                for event in call(service, "GET", "/v1/versions").json()
             )
 
         eventually(rolled_back, 60, "the rollback in the version log")
@@ -291,15 +289,13 @@ def test_the_rollback_button_needs_an_admin_key_and_then_rolls_back(browser: Bro
 def test_fifty_probes_stay_readable(browser: Browser, service: str, tmp_path: Path) -> None:
     for number in range(50):
         examples = [{"text": f"{text} probe {number}", "label": label} for label, text in LABELS.items()]
-        assert call(
-            service, f"/v1/probes/golden-{number:02d}", method="PUT", json={"examples": examples}
-        ).is_success
+        assert call(service, "PUT", f"/v1/probes/golden-{number:02d}", json={"examples": examples}).is_success
 
     def evaluated() -> bool:
-        return len(call(service, "/v1/evaluations?limit=1").json()["probes"]) >= 53
+        return len(call(service, "GET", "/v1/evaluations?limit=1").json()["probes"]) >= 53
 
     eventually(evaluated, 120, "an evaluation of all 53 probes")
-    probes = call(service, "/v1/evaluations?limit=1").json()["probes"]
+    probes = call(service, "GET", "/v1/evaluations?limit=1").json()["probes"]
     with dashboard(browser, service, key=PREDICTOR) as tab:
         tab.page.wait_for_function(
             f"() => document.getElementById('matrix-chart').data?.[0]?.y.length >= {len(probes)}",

@@ -54,10 +54,15 @@ def _hand_sequence() -> ForgettingTracker:
     return tracker
 
 
+def probe(tracker: ForgettingTracker, name: str) -> dict | None:
+    """One probe as the latest report (what the API serves) shows it, or None."""
+    return next((p for p in tracker.report()["probes"] if p["name"] == name), None)
+
+
 def test_per_probe_metrics_on_a_hand_sequence():
     tracker = _hand_sequence()
     # a: 0.5, 0.8, 0.7, 0.4 -> first 0.5, best 0.8, forgetting 0.8 - 0.4 = 0.4, bwt 0.4 - 0.5 = -0.1
-    a = tracker.probe("a")
+    a = probe(tracker, "a")
     assert a is not None
     assert a["accuracy"] == 0.4
     assert a["first_accuracy"] == 0.5
@@ -67,12 +72,12 @@ def test_per_probe_metrics_on_a_hand_sequence():
     assert [point["accuracy"] for point in a["history"]] == [0.5, 0.8, 0.7, 0.4]
     assert a["history"][0] == {"updates": 10, "model_version": 1, "accuracy": 0.5}
     # b appears at the second evaluation: 0.6, 0.9, 0.8 -> forgetting 0.1, bwt 0.2
-    b = tracker.probe("b")
+    b = probe(tracker, "b")
     assert b is not None
     assert (b["first_accuracy"], b["best_accuracy"]) == (0.6, 0.9)
     assert b["forgetting"] == pytest.approx(0.1)
     assert b["bwt"] == pytest.approx(0.2)
-    assert tracker.probe("missing") is None
+    assert probe(tracker, "missing") is None
 
 
 def test_summary_on_a_hand_sequence():
@@ -84,13 +89,16 @@ def test_summary_on_a_hand_sequence():
     assert summary["bwt"] == pytest.approx(0.05)
 
 
-def test_probes_appearing_midway_are_none_in_earlier_rows():
+def test_a_probe_appearing_midway_has_history_from_then_on():
     tracker = _hand_sequence()
-    names, rows = tracker.matrix()
-    assert names == ["a", "b"]
-    assert rows == [[0.5, None], [0.8, 0.6], [0.7, 0.9], [0.4, 0.8]]
-    assert [ev["updates"] for ev in tracker.evaluations()] == [10, 20, 30, 40]
-    assert tracker.evaluations()[0] == {"updates": 10, "model_version": 1, "evaluated_at": "t1"}
+    a, b = probe(tracker, "a"), probe(tracker, "b")
+    assert [(p["updates"], p["accuracy"]) for p in a["history"]] == [
+        (10, 0.5),
+        (20, 0.8),
+        (30, 0.7),
+        (40, 0.4),
+    ]
+    assert [(p["updates"], p["accuracy"]) for p in b["history"]] == [(20, 0.6), (30, 0.9), (40, 0.8)]
 
 
 def test_empty_tracker_reports_nones_and_empty_lists():
@@ -101,7 +109,6 @@ def test_empty_tracker_reports_nones_and_empty_lists():
         "max_forgetting": None,
         "bwt": None,
     }
-    assert tracker.matrix() == ([], [])
     assert tracker.report() == {
         "model_version": None,
         "updates": None,
@@ -131,7 +138,7 @@ def test_report_shape():
 def test_default_time_is_utc_iso():
     tracker = ForgettingTracker()
     tracker.record(1, 1, {"a": 1.0})
-    at = tracker.evaluations()[0]["evaluated_at"]
+    at = tracker.report()["evaluated_at"]
     assert at.endswith("+00:00")
 
 
@@ -156,7 +163,7 @@ def test_alarm_threshold_is_not_crossed_by_rounding():
     tracker = ForgettingTracker(alarm_threshold=0.2)
     tracker.record(1, 1, {"p": 0.9})
     assert tracker.record(2, 1, {"p": 0.7}) == []
-    assert tracker.probe("p")["forgetting"] == 0.2
+    assert probe(tracker, "p")["forgetting"] == 0.2
 
 
 def test_alarm_clears_when_its_probe_leaves_and_log_is_bounded():
@@ -174,13 +181,12 @@ def test_forget_drops_a_probe_and_a_replacement_starts_fresh():
     tracker = _hand_sequence()
     assert tracker.forget("a") is True
     assert tracker.forget("a") is False
-    assert tracker.probe("a") is None
+    assert probe(tracker, "a") is None
     assert tracker.active_alarms() == []
-    names, rows = tracker.matrix()
-    assert names == ["b"]
-    assert rows == [[None], [0.6], [0.9], [0.8]]
+    assert [p["name"] for p in tracker.report()["probes"]] == ["b"]
+    assert [point["accuracy"] for point in probe(tracker, "b")["history"]] == [0.6, 0.9, 0.8]
     tracker.record(50, 5, {"a": 0.3, "b": 0.8})
-    a = tracker.probe("a")
+    a = probe(tracker, "a")
     assert (a["first_accuracy"], a["best_accuracy"], a["forgetting"]) == (0.3, 0.3, 0.0)
 
 
@@ -189,13 +195,13 @@ def test_history_is_bounded_but_first_and_best_stay_exact():
     tracker.record(1, 1, {"a": 0.9, "gone": 0.5})
     for updates, accuracy in [(2, 0.6), (3, 0.5), (4, 0.7), (5, 0.4)]:
         tracker.record(updates, 1, {"a": accuracy})
-    a = tracker.probe("a")
+    a = probe(tracker, "a")
     assert [point["updates"] for point in a["history"]] == [3, 4, 5]
     assert (a["first_accuracy"], a["best_accuracy"]) == (0.9, 0.9)
     assert a["forgetting"] == pytest.approx(0.5)
     # A probe no kept evaluation mentions is no longer tracked.
-    assert tracker.probe("gone") is None
-    assert tracker.matrix() == (["a"], [[0.5], [0.7], [0.4]])
+    assert probe(tracker, "gone") is None
+    assert [point["accuracy"] for point in a["history"]] == [0.5, 0.7, 0.4]
 
 
 @pytest.mark.parametrize("accuracy", [-0.1, 1.5, float("nan")])
@@ -212,7 +218,6 @@ def test_state_round_trip_is_exact():
     restored.load_state_dict(json.loads(json.dumps(state)))
     assert restored.state_dict() == state
     assert restored.report() == tracker.report()
-    assert restored.matrix() == tracker.matrix()
     assert restored.alarm_log() == tracker.alarm_log()
     # Alarm state survives: b is still active, so the next evaluation above threshold does not re-fire it.
     assert [alarm.probe for alarm in restored.active_alarms()] == ["b"]

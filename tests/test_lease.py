@@ -3,9 +3,9 @@ import time
 
 import redis
 
+from bench.service import eventually
 from streams.keys import StreamKeys
 from streams.lease import Lease
-from tests.polling import eventually
 
 
 def _leases(client: redis.Redis, prefix: str, ttl_ms: int = 300) -> tuple[Lease, Lease]:
@@ -40,12 +40,21 @@ def test_only_the_holder_releases(redis_client: redis.Redis, key_prefix: str) ->
 
 
 def test_keep_alive_holds_the_lease_past_its_ttl(redis_client: redis.Redis, key_prefix: str) -> None:
-    first, second = _leases(redis_client, key_prefix)
+    first, second = _leases(redis_client, key_prefix, ttl_ms=2000)
     stop = threading.Event()
     assert first.acquire()
     thread = first.keep_alive(stop)
+    renewals, last_ttl = [0], [redis_client.pttl(first.key)]
+
+    def renewed_past_the_ttl() -> bool:
+        # A renewal shows as the time to live jumping back up; three of them span a whole ttl.
+        ttl = redis_client.pttl(first.key)
+        renewals[0] += ttl > last_ttl[0]
+        last_ttl[0] = ttl
+        return renewals[0] >= 3
+
     try:
-        time.sleep(1.0)
+        eventually(renewed_past_the_ttl, 60, "three renewals of the lease", every=0.05)
         assert first.holder_now() == "first"
         assert not second.acquire()
         assert not first.lost.is_set()

@@ -16,6 +16,7 @@ import torch
 
 from app.learner_loop import LearnerLoop, LoopConfig
 from app.serving import ModelHolder
+from bench.service import eventually
 from learner.encoder import Encoder
 from learner.forgetting import AlarmPolicy
 from learner.online import LearnerConfig, OnlineLearner
@@ -26,7 +27,6 @@ from streams.keys import StreamKeys
 from streams.notify import read_counters, read_keep_rates, recent_evaluations, recent_versions
 from streams.producer import FeedbackProducer
 from streams.records import FeedbackRecord
-from tests.polling import eventually
 
 LABELS = ["sports", "business", "weather"]
 

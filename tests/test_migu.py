@@ -1,6 +1,5 @@
 import pytest
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from learner.gated_adamw import GatedAdamW
@@ -212,17 +211,6 @@ def test_ema_smooths_magnitudes_across_steps() -> None:
     assert smoothed.last_stats()["0"]["max"] == pytest.approx(magnitude.max().item())
 
 
-def test_zero_masked_grads() -> None:
-    model = _model()
-    gate = MiguGate(model)
-    masks = _measured_step(gate, model, *_batch())
-    grads = {p: p.grad.clone() for p in masks}
-    gate.zero_masked_grads(masks)
-    for p, keep in masks.items():
-        assert (p.grad[~keep] == 0).all()
-        assert torch.equal(p.grad[keep], grads[p][keep])
-
-
 def test_quantile_zero_keeps_every_row() -> None:
     model = _model()
     masks = _measured_step(MiguGate(model, quantile=0.0), model, *_batch())
@@ -281,29 +269,3 @@ def test_load_state_dict_rejects_unknown_layers() -> None:
     gate = MiguGate(_model(), ema=0.5)
     with pytest.raises(KeyError, match="no gated layer"):
         gate.load_state_dict({"step": torch.tensor(0), "ema.missing": torch.zeros(3)})
-
-
-def test_no_collective_without_a_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
-    def forbidden(*_args: object, **_kwargs: object) -> None:
-        raise AssertionError("all_reduce called without a process group")
-
-    monkeypatch.setattr(dist, "all_reduce", forbidden, raising=False)
-    model = _model()
-    _measured_step(MiguGate(model), model, *_batch())
-
-
-def test_magnitudes_are_summed_across_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-
-    def double(tensor: torch.Tensor, op: object = None) -> None:
-        calls.append(op)
-        tensor.mul_(2.0)  # as if a second rank saw the same batch
-
-    monkeypatch.setattr(dist, "is_available", lambda: True)
-    monkeypatch.setattr(dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(dist, "all_reduce", double)
-    model = _model()
-    gate = MiguGate(model)
-    _measured_step(gate, model, *_batch())
-    assert calls == [dist.ReduceOp.SUM]  # one collective for all layers
-    assert gate.last_stats()["0"]["max"] == pytest.approx(2 * 10 * 6)

@@ -4,11 +4,11 @@ import time
 import pytest
 import redis
 
+from bench.service import eventually
 from streams.keys import StreamKeys
 from streams.producer import AddResult, BacklogFull, FeedbackProducer
 from streams.records import FeedbackRecord, MalformedRecord
 from tests.conftest import RedisTarget
-from tests.polling import eventually
 
 
 @pytest.fixture

@@ -13,12 +13,11 @@ import httpx
 import pytest
 import redis
 
+from bench.service import QUICK_LEARNER, eventually, learner_and_replicas
 from streams.connection import connect
 from streams.keys import StreamKeys
 from streams.notify import latest_version
 from tests.conftest import TEST_REDIS_URL
-from tests.polling import eventually
-from tests.services import QUICK_LEARNER, learner_and_replicas
 from tests.test_api import ADMIN, LABELS, call, examples
 
 

@@ -10,8 +10,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.polling import eventually
-from tests.services import serving
+from bench.service import eventually, serving
 
 
 @pytest.fixture

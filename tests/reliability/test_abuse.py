@@ -20,9 +20,11 @@ from hypothesis import HealthCheck, settings
 from app import auth
 from app.auth import Scope, find_scopes
 from app.settings import Settings
+from bench.service import serve_log, serving
 from streams.connection import connect
 from streams.keys import StreamKeys
-from tests.services import serve_log, serving, write_snapshot
+from tests import services
+from tests.services import write_snapshot
 from tests.test_contract import SCHEMA_CHECKS
 
 pytestmark = pytest.mark.reliability
@@ -51,9 +53,7 @@ class Replica:
     def call(
         self, method: str, path: str, key: str | None = KEYS["admin"], **kwargs: object
     ) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        headers |= kwargs.pop("headers", {})
-        return httpx.request(method, f"{self.base}{path}", headers=headers, timeout=60, **kwargs)
+        return services.call(self.base, method, path, key, timeout=60, **kwargs)
 
     def written(self) -> dict[str, object]:
         """What a request could have written: every key, the stream, the counters, control and probes."""

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from app.serving import ModelHolder
+from bench.service import eventually, serve_log, serving
 from learner.encoder import load_encoder
 from learner.online import Example, LearnerConfig, OnlineLearner
 from learner.snapshots import SnapshotStore
@@ -25,8 +26,6 @@ from streams.connection import connect, embedded_dir
 from streams.embedded import EmbeddedRedis
 from streams.keys import StreamKeys
 from streams.notify import publish_version
-from tests.polling import eventually
-from tests.services import serve_log, serving
 
 pytestmark = pytest.mark.reliability
 
