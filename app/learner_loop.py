@@ -45,7 +45,13 @@ from streams.control import Control, RollbackRequest
 from streams.heartbeats import alive, keep_beating
 from streams.keys import StreamKeys
 from streams.lease import Lease
-from streams.notify import publish_version, record_evaluation, set_counters, set_keep_rates
+from streams.notify import (
+    publish_version,
+    record_evaluation,
+    set_counters,
+    set_keep_rates,
+    set_prequential,
+)
 from streams.records import RecordLimits
 
 log = logging.getLogger("retentive.learner")
@@ -558,3 +564,4 @@ class LearnerLoop:
         )
         rates = self.learner.keep_rates()
         set_keep_rates(self.client, self.keys, {layer: round(rate, 4) for layer, rate in rates.items()})
+        set_prequential(self.client, self.keys, self.learner.prequential.report())

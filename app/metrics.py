@@ -58,6 +58,13 @@ class ApiMetrics:
             registry=self.registry,
         )
 
+        self.prequential = Gauge(
+            "retentive_prequential_accuracy",
+            "Share of trained examples the model predicted right just before learning from each",
+            ["window"],
+            registry=self.registry,
+        )
+
     def observe_counters(self, counters: dict[str, str]) -> None:
         """The learner's counters as published in Redis."""
         for gauge, name in (
@@ -68,6 +75,13 @@ class ApiMetrics:
         ):
             if name in counters:
                 gauge.set(float(counters[name]))
+
+    def observe_prequential(self, report: dict[str, Any] | None) -> None:
+        """Overall figures only: per label would make one series per label, without bound."""
+        for window in ("cumulative", "last_1000"):
+            value = (report or {}).get(window)
+            if value is not None:
+                self.prequential.labels(window).set(value)
 
     def observe_evaluation(self, evaluation: dict[str, Any]) -> None:
         self.probe_accuracy.clear()

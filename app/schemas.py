@@ -97,6 +97,21 @@ class AlarmReport(BaseModel):
     at: str = Field(description="Time of that evaluation (ISO 8601, UTC).")
 
 
+class LabelAccuracy(Strict):
+    accuracy: float = Field(description="Share of this label's examples predicted right before learning.")
+    scored: int = Field(description="Examples of this label scored.")
+
+
+class PrequentialReport(Strict):
+    cumulative: float | None = Field(
+        description="Share of the examples trained on that the model predicted right just before learning "
+        "from each (test-then-train); null before any."
+    )
+    last_1000: float | None = Field(description="The same over the last 1,000 examples trained on.")
+    scored: int = Field(description="Examples scored so far.")
+    per_label: dict[str, LabelAccuracy] = Field(description="The same per true label.")
+
+
 class ForgettingResponse(Strict):
     model_version: int | None = Field(description="Model version at the latest evaluation; null before any.")
     updates: int | None = Field(description="Learner updates at the latest evaluation.")
@@ -105,6 +120,11 @@ class ForgettingResponse(Strict):
     probes: list[ProbeReport] = Field(description="Per probe: accuracy, best, forgetting, history.")
     alarms: list[AlarmReport] = Field(
         description="Active alarms: probes whose forgetting passed the threshold."
+    )
+    prequential: PrequentialReport | None = Field(
+        None,
+        description="How fast the learner adapts: each example scored before it was learned from; null "
+        "before the learner reported any. The probes show what it kept.",
     )
 
 

@@ -4,6 +4,7 @@
                               [--strategies sgd,migu,replay,migu+replay,joint] [--loss ace] [--head linear]
                               [--train-per-task 1000] [--test-per-task 300] [--seed 0]
                               [--max-len 128] [--lr 1e-4] [--quantile 0.7] [--quick]
+                              [--arrival batched|trickle|sorted|bursty]
                               [--out bench/results/cl_stream_{order}.json] [--resume]
 
 Each strategy learns the stream from scratch through the same `OnlineLearner` the service runs, one pass,
@@ -15,6 +16,14 @@ labels, as if the task were named: where it stays up while the matrix falls, the
 old task's classes apart and the forgetting is in the head, where new labels outscore old ones.
 A task none of whose labels the head holds yet scores 0.0 without being run. `joint` learns the shuffled
 union of all tasks (the upper bound, not a continual method), evaluated after each quarter of its stream.
+
+`--arrival` is how the feedback reaches the learner, as people send it: `batched` in shuffled micro-batches of
+`--batch`, `trickle` one example per call (one correction at a time), `sorted` in micro-batches of each task's
+examples sorted by label (a nightly file), `bursty` in bursts of four micro-batches between runs of single
+examples. Each row records its arrival and its prequential accuracy (each incoming example scored before it
+is learned from: `cumulative` and `last_1000`), the figure that shows how fast the learner adapts, beside
+the accuracy matrix that shows what it kept. Rows of another arrival than `batched` go to
+`cl_stream_{order}_{arrival}.json` unless `--out` says otherwise.
 
 A strategy may carry its own settings, each after an `@`: `migu@loss=ce@lr=3e-4@quantile=0.5`; the global
 flags are the defaults. The spec as written names the row in the result file, which also lists each row's
@@ -44,6 +53,8 @@ from learner.online import Example, LearnerConfig, OnlineLearner
 from learner.strategies import names as strategy_names
 
 JOINT = "joint"
+ARRIVALS = ("batched", "trickle", "sorted", "bursty")
+BURST_BATCHES = 4
 # LearnerConfig fields a strategy spec may set, with the type to read the value as.
 OVERRIDABLE = {
     "loss": str,
@@ -130,8 +141,34 @@ def portions(run: Run, tasks: list[Task], seed: int) -> list[list[Example]]:
     return [union[start : start + size] for start in range(0, len(union), size)]
 
 
+def arrivals(portion: list[Example], arrival: str, batch: int) -> list[list[Example]]:
+    """The calls to `learn` that deliver `portion` the way `arrival` says."""
+    if arrival == "trickle":
+        return [[example] for example in portion]
+    if arrival == "sorted":
+        portion = sorted(portion, key=lambda example: example.label)
+    if arrival in ("batched", "sorted"):
+        return [portion[start : start + batch] for start in range(0, len(portion), batch)]
+    calls, start, burst = [], 0, True
+    while start < len(portion):
+        if burst:
+            end = start + BURST_BATCHES * batch
+            calls += [portion[i : min(i + batch, end)] for i in range(start, min(end, len(portion)), batch)]
+        else:
+            end = start + batch
+            calls += [[example] for example in portion[start:end]]
+        start, burst = end, not burst
+    return calls
+
+
 def run_stream(
-    run: Run, tasks: list[Task], encoder_factory: Any, batch: int, seed: int, log: Any
+    run: Run,
+    tasks: list[Task],
+    encoder_factory: Any,
+    batch: int,
+    seed: int,
+    log: Any,
+    arrival: str = "batched",
 ) -> dict[str, Any]:
     tokenizer, encoder = encoder_factory()
     initial = {name: weight.detach().clone() for name, weight in encoder.named_parameters()}
@@ -142,8 +179,8 @@ def run_stream(
     began = time.perf_counter()
     for position, portion in enumerate(portions(run, tasks, seed)):
         started = time.perf_counter()
-        for start in range(0, len(portion), batch):
-            learner.learn(portion[start : start + batch])
+        for examples in arrivals(portion, arrival, batch):
+            learner.learn(examples)
         train_s += time.perf_counter() - started
         measured = [accuracies(learner, task) for task in tasks]
         matrix.append([overall for overall, _ in measured])
@@ -152,9 +189,12 @@ def run_stream(
         log(f"  {run.spec:<28} after {after:<10} " + " ".join(f"{a:.3f}" for a in matrix[-1]))
     metrics, within_metrics = task_metrics(matrix), task_metrics(within_task)
     trained = learner.counters.examples_trained
+    prequential = learner.prequential.report()
     return {
         "strategy": run.config.strategy,
         "joint": run.joint,
+        "arrival": arrival,
+        "prequential": {key: prequential[key] for key in ("cumulative", "last_1000", "scored")},
         "loss": run.config.loss,
         "head": run.config.head,
         "settings": {key: getattr(run.config, key) for key in OVERRIDABLE},
@@ -201,7 +241,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--quick", action="store_true", help="tiny model, a few examples: a smoke run")
     parser.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--out", default="bench/results/cl_stream_{order}.json")
+    parser.add_argument(
+        "--arrival", choices=ARRIVALS, default="batched", help="how feedback reaches the learner"
+    )
+    parser.add_argument(
+        "--out", default=None, help="result file (default bench/results/cl_stream_{order}.json)"
+    )
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -239,7 +284,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     for order in chosen:
         tasks = load_tasks(orders[order], args.train_per_task, args.test_per_task, args.seed, root)
         print(f"{order}: {' -> '.join(orders[order])}", flush=True)
-        out = Path(args.out.format(order=order))
+        suffix = "" if args.arrival == "batched" else f"_{args.arrival}"
+        out = Path((args.out or f"bench/results/cl_stream_{{order}}{suffix}.json").format(order=order))
         out.parent.mkdir(parents=True, exist_ok=True)
         config = {
             "train_per_task": args.train_per_task,
@@ -248,6 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
             "max_len": args.max_len,
             "seed": args.seed,
             "model": "tiny" if args.quick else "all-MiniLM-L6-v2",
+            "arrival": args.arrival,
         }
         earlier = _rows_in(out, config) if args.resume else {}
         result = _result_file(order, orders[order], config, earlier, argv)
@@ -256,7 +303,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
                 print(f"{run.spec}: already in {out}, kept", flush=True)
                 continue
             row = run_stream(
-                run, tasks, encoder_factory, args.batch, args.seed, lambda x: print(x, flush=True)
+                run,
+                tasks,
+                encoder_factory,
+                args.batch,
+                args.seed,
+                lambda x: print(x, flush=True),
+                args.arrival,
             )
             row["run"] = run_metadata("bench.cl_stream", argv)
             result = _add_row(out, result, run.spec, row, args.resume)
@@ -305,11 +358,13 @@ def _result_file(
 
 def print_summary(result: dict[str, Any]) -> None:
     print(f"{result['order']} ({' -> '.join(result['tasks'])}):")
-    print(f"  {'strategy':<28}{'AA':>7}{'forget':>8}{'BWT':>8}{'drift':>8}{'ex/s':>8}")
+    print(f"  {'strategy':<28}{'AA':>7}{'forget':>8}{'BWT':>8}{'drift':>8}{'ex/s':>8}{'preq':>7}")
     for spec, row in result["strategies"].items():
+        preq = (row.get("prequential") or {}).get("cumulative")
         print(
             f"  {spec:<28}{row['aa']:>7.3f}{row['forgetting']:>8.3f}{row['bwt']:>8.3f}"
             f"{row['encoder_drift']:>8.4f}{row['examples_per_s']:>8.1f}"
+            f"{preq if preq is None else format(preq, '.3f'):>7}"
         )
 
 

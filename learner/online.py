@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -16,6 +16,7 @@ from learner.classifier import HeadKind, Prediction, TextClassifier
 from learner.forgetting import Alarm, ForgettingTracker
 from learner.losses import LossKind, classification_loss
 from learner.optimizer_state import join_optimizer_state, split_optimizer_state, swap_parameter
+from learner.prequential import PrequentialAccuracy
 from learner.probes import REGISTERED, ProbeRegistry, evaluate, example_key, held_out
 from learner.snapshots import MODEL, Manifest, Snapshot, SnapshotStore
 from learner.strategies import StrategyContext, make_strategy
@@ -109,6 +110,7 @@ class OnlineLearner:
         self.probes = ProbeRegistry(self.config.probe_size, self.config.probe_window)
         self.tracker = ForgettingTracker(self.config.alarm_threshold)
         self.counters = Counters()
+        self.prequential = PrequentialAccuracy()
         self.optimizer = self._make_optimizer()
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -185,7 +187,9 @@ class OnlineLearner:
         return self.probes.remove(name)
 
     def train_step(self, texts: list[str], labels: list[str]) -> LearnReport:
-        """One update on a micro-batch (plus replayed examples); a non-finite loss or gradient skips it."""
+        """One update on a micro-batch (plus replayed examples), taken only when its loss carries signal and
+        moving only the head rows that loss touched; a non-finite loss or gradient skips it. Each incoming
+        example is scored by the model as it stands before the update (prequential accuracy)."""
         if not texts:
             return LearnReport()
         new_labels = self.model.unseen(labels)
@@ -198,21 +202,49 @@ class OnlineLearner:
             embeddings = self.model.embed(batch)
         if not torch.isfinite(embeddings).all():
             return self._skip()
+        self._score_before_learning(embeddings[: len(texts)], labels)
         if new_labels:
             self._grow(new_labels, embeddings[: len(texts)], labels)
         logits = self.model.head(embeddings)
-        loss = classification_loss(logits, self.model.label_ids(all_labels), self.config.loss, is_replayed)
-        if not torch.isfinite(loss):
+        step = classification_loss(logits, self.model.label_ids(all_labels), self.config.loss, is_replayed)
+        if step.loss is None:
+            return self._without_a_step(texts, labels)
+        if not torch.isfinite(step.loss):
             return self._skip()
-        loss.backward()
+        step.loss.backward()
         if not self._gradients_finite():
             return self._skip()
-        self.strategy.step(self.optimizer)
+        self.strategy.step(self.optimizer, self._head_rows(step.touched))
         self.optimizer.zero_grad(set_to_none=True)
         self.strategy.learned(texts, labels)
         self.counters.updates += 1
         self.counters.examples_trained += len(texts)
-        return LearnReport(trained=len(texts), loss=loss.item())
+        return LearnReport(trained=len(texts), loss=step.loss.item())
+
+    def _score_before_learning(self, embeddings: Tensor, labels: list[str]) -> None:
+        known = list(self.model.labels)
+        if not known:
+            self.prequential.record([None] * len(labels), labels)
+            return
+        with torch.no_grad():
+            guesses = self.model.head(embeddings.detach()).argmax(dim=-1).tolist()
+        self.prequential.record([known[index] for index in guesses], labels)
+
+    def _head_rows(self, touched: Tensor) -> dict[nn.Parameter, Tensor]:
+        """Row masks that keep the optimizer off the head rows no loss term touched."""
+        if bool(touched.all()):
+            return {}
+        head = self.model.head
+        return {param: touched for param in (head.weight, head.bias) if param is not None}
+
+    def _without_a_step(self, texts: list[str], labels: list[str]) -> LearnReport:
+        """A step that would carry no signal (one label known): the examples are kept (a new label's row
+        was imprinted from them, replay holds them) but no weight and no optimizer state moves."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.strategy.discard()
+        self.strategy.learned(texts, labels)
+        self.counters.examples_trained += len(texts)
+        return LearnReport(trained=len(texts))
 
     def _grow(self, new_labels: list[str], embeddings: Tensor, labels: list[str]) -> None:
         old = [self.model.head.weight, self.model.head.bias]
@@ -319,6 +351,7 @@ class OnlineLearner:
             **strategy_state,
             "probes": self.probes.state_dict(),
             "tracker": self.tracker.state_dict(),
+            "prequential": self.prequential.state_dict(),
         }
         return {MODEL: self.model.state_dict(), TRAINER: trainer}, state
 
@@ -344,6 +377,9 @@ class OnlineLearner:
         self.probes.load_state_dict(state["probes"])
         self.tracker.load_state_dict(state["tracker"])
         self.counters = Counters(**state["counters"])
+        self.prequential = PrequentialAccuracy()
+        if "prequential" in state:
+            self.prequential.load_state_dict(state["prequential"])
         return state.get("extra")
 
 

@@ -10,7 +10,11 @@ from torch import Tensor, nn
 
 
 def swap_parameter(optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn.Parameter) -> None:
-    """Point the optimizer at a grown parameter, keeping the old rows' state and zero state for new rows."""
+    """Point the optimizer at a grown parameter, keeping the old rows' state and fresh state for new rows.
+
+    Fresh includes the step count: a new row is bias-corrected from its own first step, as a new AdamW would
+    be (with the old rows' count its first update would be up to several times the learning rate). That
+    needs an optimizer with per-row steps (`GatedAdamW`), which every strategy uses."""
     for group in optimizer.param_groups:
         for i, param in enumerate(group["params"]):
             if param is old:
@@ -18,9 +22,12 @@ def swap_parameter(optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn.
     state = optimizer.state.pop(old, None)
     if state is None:
         return
-    optimizer.state[new] = {
-        key: _grow_rows(value, old.shape[0], new.shape[0]) for key, value in state.items()
-    }
+    grown = {key: _grow_rows(value, old.shape[0], new.shape[0]) for key, value in state.items()}
+    step = state.get("step")
+    if isinstance(step, Tensor) and step.ndim == 0:
+        fresh = step.new_zeros(new.shape[0] - old.shape[0], dtype=torch.float32)
+        grown["step"] = torch.cat([step.float().expand(old.shape[0]), fresh])
+    optimizer.state[new] = grown
 
 
 def _grow_rows(value: object, old_rows: int, new_rows: int) -> object:

@@ -54,6 +54,11 @@ class StreamKeys:
         return self._key("keep_rates")
 
     @property
+    def prequential(self) -> str:
+        """The learner's prequential accuracy (JSON): each example scored before it was learned from."""
+        return self._key("prequential")
+
+    @property
     def lease(self) -> str:
         """Holder of the right to learn for this model."""
         return self._key("lease")

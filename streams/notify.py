@@ -111,6 +111,17 @@ def read_keep_rates(client: redis.Redis, keys: StreamKeys) -> dict[str, float]:
     return {} if stored is None else {layer: float(rate) for layer, rate in json.loads(stored)}
 
 
+def set_prequential(client: redis.Redis, keys: StreamKeys, report: Mapping[str, Any]) -> None:
+    """Replace the learner's prequential accuracy report."""
+    client.set(keys.prequential, json.dumps(report))
+
+
+def read_prequential(client: redis.Redis, keys: StreamKeys) -> dict[str, Any] | None:
+    """The learner's last prequential accuracy report, or None before it wrote one."""
+    stored = client.get(keys.prequential)
+    return None if stored is None else json.loads(stored)
+
+
 def subscribe_versions(client: redis.Redis, keys: StreamKeys) -> redis.client.PubSub:
     """A PubSub subscribed to version announcements; each message's data is the JSON from `publish_version`.
 

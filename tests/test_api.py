@@ -219,6 +219,31 @@ def test_operators_pin_a_snapshot_past_retention(service: str, taught: Taught) -
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "snapshot_not_found"
 
 
+def test_feedback_posted_one_at_a_time_is_scored_before_it_is_learned(service: str, taught: Taught) -> None:
+    def state() -> tuple[int, dict]:
+        counters = call(service, "GET", "/v1/model").json()["counters"]
+        return counters.get("applied", 0), call(service, "GET", "/v1/forgetting").json()["prequential"]
+
+    applied_before, before = state()
+    for i, (label, text) in enumerate(list(LABELS.items()) * 3):
+        one = {"examples": [{"text": f"{text} one at a time {i}", "label": label, "id": f"single-{i}"}]}
+        assert call(service, "POST", "/v1/feedback", json=one).status_code == 202
+        # As a person labelling one text after another: the next is posted once this one is consumed.
+        eventually(lambda: call(service, "GET", "/v1/model").json()["stream_lag"] == 0, 60, "the example")
+
+    def reported() -> bool:
+        applied, prequential = state()
+        return prequential["scored"] - before["scored"] == applied - applied_before
+
+    eventually(reported, 60, "the learner to report its prequential accuracy")
+    applied, after = state()
+    assert applied > applied_before, "some of the nine were trained on, not all held out"
+    assert 0.0 <= after["cumulative"] <= 1.0 and 0.0 <= after["last_1000"] <= 1.0
+    assert set(LABELS) <= set(after["per_label"])
+    metrics = call(service, "GET", "/metrics").text
+    assert 'retentive_prequential_accuracy{window="last_1000"}' in metrics
+
+
 def test_killed_learner_child_leaves_predictions_up_and_is_restarted(service: str, taught: Taught) -> None:
     [child] = psutil.Process(SERVE_PID[service]).children()
     child.kill()

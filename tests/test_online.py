@@ -164,9 +164,9 @@ def test_resume_in_a_new_process_is_exact(tmp_path: Path) -> None:
 def test_corrupt_newest_snapshot_falls_back_to_the_previous(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path)
     learner = make_learner()
-    learner.train_step(SPORTS[:4], ["sports"] * 4)
+    learner.train_step(SPORTS[:2] + FINANCE[:2], ["sports"] * 2 + ["finance"] * 2)
     good = learner.save(store)
-    learner.train_step(FINANCE[:4], ["finance"] * 4)
+    learner.train_step(WEATHER[:4], ["weather"] * 4)
     newest = learner.save(store)
     weights_file = tmp_path / newest.id / "model.safetensors"
     data = bytearray(weights_file.read_bytes())
@@ -178,4 +178,70 @@ def test_corrupt_newest_snapshot_falls_back_to_the_previous(tmp_path: Path) -> N
     assert any(newest.id in problem for problem in problems)
     fresh = make_learner()
     fresh.restore(snapshot)
-    assert fresh.model.labels == ["sports"] and fresh.counters.updates == 1
+    assert fresh.model.labels == ["sports", "finance"] and fresh.counters.updates == 1
+
+
+def optimizer_state(learner: OnlineLearner) -> dict[str, torch.Tensor]:
+    state = learner.optimizer.state_dict()["state"]
+    return {
+        f"{index}.{key}": value.clone() for index, values in state.items() for key, value in values.items()
+    }
+
+
+def test_a_step_without_signal_changes_no_weight_and_no_optimizer_state() -> None:
+    learner = make_learner(strategy="migu")
+    learner.train_step(SPORTS[:4], ["sports"] * 4)  # the first label: its row is imprinted, nothing to learn
+    before, state = weights(learner), optimizer_state(learner)
+    report = learner.train_step(SPORTS[4:8], ["sports"] * 4)
+    assert report.trained == 4 and learner.counters.updates == 0
+    assert all(torch.equal(before[k], v) for k, v in weights(learner).items())
+    assert optimizer_state(learner).keys() == state.keys()
+    assert all(torch.equal(state[k], v) for k, v in optimizer_state(learner).items())
+
+
+def test_head_rows_no_loss_term_touched_do_not_move() -> None:
+    learner = make_learner(strategy="sgd", loss="ace")
+    for _ in range(3):
+        learner.train_step(
+            SPORTS[:2] + FINANCE[:2] + WEATHER[:2], ["sports"] * 2 + ["finance"] * 2 + ["weather"] * 2
+        )
+    weather = learner.model.label_ids(["weather"]).item()
+    row = learner.model.head.weight[weather].detach().clone()
+    learner.train_step(SPORTS[2:4] + FINANCE[2:4], ["sports"] * 2 + ["finance"] * 2)
+    # The row has momentum from earlier steps, but this step's loss never saw it.
+    assert torch.equal(learner.model.head.weight[weather].detach(), row)
+
+
+def test_a_new_head_rows_first_update_is_a_fresh_adamw_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    learner = make_learner(strategy="sgd", loss="ce", head_lr=1e-2, weight_decay=0.0)
+    for _ in range(20):
+        learner.train_step(SPORTS[:4] + FINANCE[:4], ["sports"] * 4 + ["finance"] * 4)
+    imprinted = {}
+    grow = learner._grow
+
+    def grow_and_remember(*args: object) -> None:
+        grow(*args)
+        imprinted["row"] = learner.model.head.weight[-1].detach().clone()
+
+    monkeypatch.setattr(learner, "_grow", grow_and_remember)
+    learner.train_step(WEATHER[:4] + SPORTS[:4], ["weather"] * 4 + ["sports"] * 4)
+    moved = (learner.model.head.weight[-1].detach() - imprinted["row"]).abs()
+    # AdamW's first step moves each coordinate by about the learning rate (m / sqrt(v) = sign of the
+    # gradient); with the optimizer's global step count instead, bias correction would be off.
+    assert moved.median().item() == pytest.approx(1e-2, rel=0.05)
+
+
+def test_prequential_accuracy_scores_each_example_before_learning_from_it() -> None:
+    learner = make_learner(strategy="sgd")
+    for _ in range(10):
+        learner.learn(
+            [Example(t, "sports") for t in SPORTS[:4]] + [Example(t, "finance") for t in FINANCE[:4]]
+        )
+    scored = learner.prequential.report()
+    learner.learn([Example(WEATHER[0], "weather")])
+    # Imprinting makes the new label right at once, but it was scored before: a miss.
+    assert learner.predict([WEATHER[0]])[0].label == "weather"
+    after = learner.prequential.report()
+    assert after["scored"] == scored["scored"] + 1
+    assert after["per_label"]["weather"] == {"accuracy": 0.0, "scored": 1}
+    assert after["cumulative"] == pytest.approx(scored["cumulative"] * scored["scored"] / after["scored"])

@@ -25,9 +25,7 @@ class HeadOnly(Strategy):
 
     def optimizer(self, groups: list[dict[str, Any]], weight_decay: float) -> torch.optim.Optimizer:
         head = {id(p) for p in self.context.model.head.parameters()}
-        return torch.optim.AdamW(
-            [g for g in groups if all(id(p) in head for p in g["params"])], weight_decay=weight_decay
-        )
+        return super().optimizer([g for g in groups if all(id(p) in head for p in g["params"])], weight_decay)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from app.auth import Scope, require
 from app.deps import KeysDep, RedisDep
 from app.errors import ERRORS
 from app.schemas import AccuracyMatrix, AlarmReport, EvaluationColumn, ForgettingResponse
-from streams.notify import recent_evaluations
+from streams.notify import read_prequential, recent_evaluations
 
 MAX_EVALUATIONS = 200  # as many as the learner keeps (streams.notify.record_evaluation)
 EMPTY_FORGETTING = {
@@ -34,7 +34,8 @@ router = APIRouter(responses=ERRORS, dependencies=[Depends(require(Scope.PREDICT
 )
 async def forgetting(client: RedisDep, keys: KeysDep) -> dict:
     latest = await run_in_threadpool(recent_evaluations, client, keys, 1)
-    return latest[0] if latest else EMPTY_FORGETTING
+    prequential = await run_in_threadpool(read_prequential, client, keys)
+    return {**(latest[0] if latest else EMPTY_FORGETTING), "prequential": prequential}
 
 
 @router.get(

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import HolderDep, KeysDep, MetricsDep, ProducerDep, RedisDep
-from streams.notify import read_counters, recent_evaluations
+from streams.notify import read_counters, read_prequential, recent_evaluations
 
 router = APIRouter()
 
@@ -26,6 +26,7 @@ async def prometheus(
         metrics.observe_counters(counters)
         latest = await run_in_threadpool(recent_evaluations, client, keys, 1)
         metrics.observe_evaluation(latest[0] if latest else {})
+        metrics.observe_prequential(await run_in_threadpool(read_prequential, client, keys))
     except redis.RedisError:
         pass  # serve what is known; the stream gauges keep their last values
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -115,6 +115,9 @@ function drawTiles(model, forgetting, learner) {
   $("t-updates").textContent = learner.updates ?? 0;
   $("t-rate").textContent = fixed(learner.examples_per_s, 1);
   $("t-lag").textContent = model.stream_lag;
+  const live = forgetting.prequential;
+  $("t-prequential").textContent = fixed(live?.last_1000);
+  $("t-prequential").title = live ? `${fixed(live.cumulative)} over all ${live.scored} examples` : "";
   $("t-accuracy").textContent = fixed(summary.mean_accuracy);
   $("t-forgetting").textContent = fixed(summary.mean_forgetting);
   $("t-max-forgetting").textContent = fixed(summary.max_forgetting);

@@ -11,6 +11,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from learner.gated_adamw import GatedAdamW, RowMasks
+
 
 @dataclass(frozen=True)
 class StrategyContext:
@@ -32,7 +34,9 @@ class Strategy:
         self.context = context
 
     def optimizer(self, groups: list[dict[str, Any]], weight_decay: float) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(groups, weight_decay=weight_decay)
+        # AdamW with per-row step counts: a head row starts its own bias correction, and rows no loss
+        # touched are left as they are (see `step`). With no row masks it is plain AdamW.
+        return GatedAdamW(groups, weight_decay=weight_decay)
 
     def batch(self, texts: list[str], labels: list[str]) -> tuple[list[str], list[str]]:
         """The step's texts and labels: the incoming ones first, then anything the strategy adds."""
@@ -43,8 +47,9 @@ class Strategy:
         """Around the forward pass: what the strategy needs to see of it."""
         yield
 
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.step()
+    def step(self, optimizer: torch.optim.Optimizer, row_masks: RowMasks) -> None:
+        """Update the parameters, each only in the rows `row_masks` keeps (all rows of any other)."""
+        optimizer.step(row_masks)
 
     def learned(self, texts: list[str], labels: list[str]) -> None:
         """After a step that was applied, with the incoming examples it trained on."""

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from learner.gated_adamw import GatedAdamW
+from learner.gated_adamw import RowMasks
 from learner.migu import MiguGate
 from learner.strategies.base import Strategy, StrategyContext, register
 
@@ -34,15 +34,12 @@ class Migu(Strategy):
             exclude_padding=not config.gate_padding,
         )
 
-    def optimizer(self, groups: list[dict[str, Any]], weight_decay: float) -> torch.optim.Optimizer:
-        # Masked rows' weights and optimizer state stay as they are (no momentum leak).
-        return GatedAdamW(groups, weight_decay=weight_decay)
-
     def measuring(self, attention_mask: Tensor) -> AbstractContextManager[None]:
         return self.gate.measuring(attention_mask)
 
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.step(self.gate.row_masks())
+    def step(self, optimizer: torch.optim.Optimizer, row_masks: RowMasks) -> None:
+        # The gate covers the encoder, the head's masks come from the loss: they never share a parameter.
+        super().step(optimizer, {**self.gate.row_masks(), **row_masks})
 
     def discard(self) -> None:
         super().discard()

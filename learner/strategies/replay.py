@@ -3,6 +3,7 @@ which keeps old labels competing in the head while new ones arrive."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import Tensor
@@ -22,7 +23,8 @@ class Replay(Strategy):
 
     def batch(self, texts: list[str], labels: list[str]) -> tuple[list[str], list[str]]:
         texts, labels = super().batch(texts, labels)
-        replayed = self.buffer.sample(round(len(texts) * self.ratio))
+        # Rounded up, so that a single example still has company to compete with.
+        replayed = self.buffer.sample(math.ceil(len(texts) * self.ratio))
         return texts + [text for text, _ in replayed], labels + [label for _, label in replayed]
 
     def learned(self, texts: list[str], labels: list[str]) -> None:
