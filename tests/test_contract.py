@@ -42,6 +42,8 @@ SCOPES = {
     ("GET", "/v1/learner"): "predict",
     ("POST", "/v1/feedback"): "feedback",
     ("POST", "/v1/snapshots/{snapshot_id}/rollback"): "admin",
+    ("PUT", "/v1/snapshots/{snapshot_id}/pin"): "admin",
+    ("DELETE", "/v1/snapshots/{snapshot_id}/pin"): "admin",
     ("PUT", "/v1/probes/{name}"): "admin",
     ("DELETE", "/v1/probes/{name}"): "admin",
     ("POST", "/v1/learner/pause"): "admin",
@@ -114,13 +116,13 @@ def test_auth_matrix(replica: tuple[str, str], method: str, path: str) -> None:
                 assert refused["code"] == "forbidden" and needed in refused["message"]
                 assert key not in refused["message"]
     if method == "DELETE":
-        call(base, "PUT", url, json=BODIES[path])
+        call(base, "PUT", url, json=BODIES.get(path))
     allowed = [None] if needed is None else [KEYS[needed], KEYS["admin"]]
     for key in allowed:
         response = call(base, method, url, key=key, json=body)
         assert response.status_code < 300, response.text
         if method == "DELETE":
-            call(base, "PUT", url, json=BODIES[path])
+            call(base, "PUT", url, json=BODIES.get(path))
     if path.startswith("/v1/learner/"):
         call(base, "POST", "/v1/learner/resume")
 
