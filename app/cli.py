@@ -17,7 +17,7 @@ from app.client.feed import RetryPolicy, direct_sender, http_sender, open_input,
 from app.client.feed import feed as feed_lines
 from app.settings import ConfigError, Settings, load_settings
 from learner.encoder import ModelNotFoundError
-from streams.connection import RedisUnavailableError, embedded_server
+from streams.connection import RedisUnavailableError, embedded_server, release_embedded
 
 cli = typer.Typer(
     help="Online continual learner for transformer text classifiers, served behind a REST API.",
@@ -135,11 +135,13 @@ def learn(
 
     settings = _settings(model=model, data_dir=data_dir, redis_url=redis_url)
     try:
-        with embedded_server(settings.redis_url, settings.data_dir) as server:
-            orphaned = run_learner(settings, parent_pid)
-            # The embedded Redis of a `serve` killed outright is stopped here, after the last snapshot.
-            if orphaned and server:
-                server.release(heir_of=parent_pid)
+        if parent_pid is None:
+            with embedded_server(settings.redis_url, settings.data_dir):
+                run_learner(settings)
+        # The child of `serve` never owns the embedded Redis, even one it had to start again: it belongs to
+        # `serve`, and is stopped here only when `serve` was killed outright, after the last snapshot.
+        elif run_learner(settings, parent_pid) and not settings.redis_url:
+            release_embedded(settings.data_dir, heir_of=parent_pid)
     except ModelNotFoundError as err:
         _fail(f"RETENTIVE_MODEL: {err}")
     except RedisUnavailableError as err:

@@ -128,6 +128,7 @@ class LearnerLoop:
         self.leading = False
         self.paused = False
         self._unsnapshotted = 0
+        self._updates_at_snapshot = self.learner.counters.updates
         self._last_snapshot_at = time.monotonic()
         self._snapshot_retry_at = 0.0
         self._snapshot_requested = False
@@ -211,6 +212,7 @@ class LearnerLoop:
             log.warning(json.dumps({"event": "snapshot_skipped", "reason": problem}))
         if snapshot is not None:
             self._restore_state(self.learner.restore(snapshot) or {})
+        self._updates_at_snapshot = self.learner.counters.updates
         self._durable_cursor = self.state.cursor
         self.consumer.ensure_group(self.state.cursor)
         pending = self.consumer.recover(self.state.cursor)
@@ -237,7 +239,8 @@ class LearnerLoop:
             ledger=saved.get("ledger", []),
         )
 
-    def _apply(self, entries: list[Entry]) -> None:
+    def _apply(self, entries: list[Entry], replaying: bool = False) -> None:
+        """Learn from the entries after the cursor; while `replaying` a rollback, alarms only report."""
         fresh = [e for e in entries if self._after_cursor(e.stream_id)]
         if not fresh:
             return
@@ -254,7 +257,7 @@ class LearnerLoop:
         if self.config.ledger:
             self.state.ledger += ledger_rows(fresh, report.held_out_mask)
         if report.evaluated:
-            rolled_back_to = self._act_on_alarms(report.alarms)
+            rolled_back_to = None if replaying else self._act_on_alarms(report.alarms)
             self._publish_evaluation(report.alarms, rolled_back_to)
 
     def _act_on_alarms(self, alarms: list[Alarm]) -> str | None:
@@ -303,7 +306,8 @@ class LearnerLoop:
             return False
         if self._snapshot_requested:
             return True
-        since = self.learner.counters.updates % self.config.snapshot_every == 0
+        # Counted from the last snapshot: examples that took no step (nothing to learn yet) do not count.
+        since = self.learner.counters.updates - self._updates_at_snapshot >= self.config.snapshot_every
         stale = time.monotonic() - self._last_snapshot_at >= self.config.snapshot_every_s
         return since or stale
 
@@ -357,6 +361,7 @@ class LearnerLoop:
             )
         )
         self._unsnapshotted = 0
+        self._updates_at_snapshot = self.learner.counters.updates
         self._last_snapshot_at = time.monotonic()
         self._snapshot_retry_at = 0.0
         self._snapshot_requested = False
@@ -484,7 +489,7 @@ class LearnerLoop:
         if replay and current is not None:
             entries = self.consumer.history(self.state.cursor, current)
             for start in range(0, len(entries), self.config.batch_size):
-                self._apply(entries[start : start + self.config.batch_size])
+                self._apply(entries[start : start + self.config.batch_size], replaying=True)
             replayed = len(entries)
         self.state.cursor = current
         self.state.counters.rollbacks += 1

@@ -227,7 +227,8 @@ class ProbeExample(Strict):
 
 class ProbeSetRequest(Strict):
     examples: list[ProbeExample] = Field(
-        min_length=1, description="The probe set: at most 200 labelled examples, kept out of training."
+        min_length=1,
+        description="The probe set: at most RETENTIVE_PROBE_SIZE labelled examples, kept out of training.",
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -304,8 +305,20 @@ def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
+# Earlier names of settings: set, they would be ignored without a word, so they are refused with the new name.
+RENAMED = {
+    "RETENTIVE_LEARNING_RATE": "RETENTIVE_LR",
+    "RETENTIVE_HEAD_LEARNING_RATE": "RETENTIVE_HEAD_LR",
+    "RETENTIVE_MIGU_QUANTILE": "RETENTIVE_QUANTILE",
+    "RETENTIVE_STREAM_RETENTION": "RETENTIVE_RETENTION",
+}
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build the settings from the environment plus explicit overrides, or raise one readable ConfigError."""
+    renamed = [f"{old} is now {new}" for old, new in RENAMED.items() if old in os.environ]
+    if renamed:
+        raise ConfigError("; ".join(renamed))
     try:
         return Settings(**{key: value for key, value in overrides.items() if value is not None})
     except ValidationError as err:

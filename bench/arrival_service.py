@@ -1,9 +1,9 @@
 """Feedback as people send it, through a real `retentive serve` with its defaults: the same labelled examples
-posted in requests of 16, or one per request, each posted once the service has consumed the one before (a
-person labelling one text after another), then the served model's accuracy on held-out test texts.
+posted in requests of 16, or one per request `--gap-s` apart (a person labelling one text after another),
+then the served model's accuracy on held-out test texts.
 
     python -m bench.arrival_service [--task agnews] [--per-label 12] [--test 200] [--seeds 0,1,2]
-                                    [--quick] [--out bench/results/arrival_service.json]
+                                    [--gap-s 1.5] [--quick] [--out bench/results/arrival_service.json]
 
 Each seed draws its own examples (the same for both ways of posting) and starts a fresh service. The result
 file holds every run, the mean accuracy of each way, and the ratio trickle / batched with its seed spread.
@@ -17,7 +17,6 @@ import random
 import statistics
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from bench.meta import run_metadata
 from bench.service import eventually, save_tiny_model, serving
 
 WAYS = {"batched": 16, "trickle": 1}
+PUBLISH_SETTLE_S = 12.0
 
 
 def examples(task: str, per_label: int, seed: int) -> list[dict[str, str]]:
@@ -44,28 +44,33 @@ def examples(task: str, per_label: int, seed: int) -> list[dict[str, str]]:
     return [{"text": r["text"], "label": r["label"], "id": f"{seed}-{i}"} for i, r in enumerate(mixed)]
 
 
-def post(base: str, examples: list[dict[str, str]], per_request: int) -> None:
-    """Post `per_request` examples at a time, each request once the service consumed the one before."""
+def post(base: str, examples: list[dict[str, str]], per_request: int, gap_s: float) -> None:
+    """Post `per_request` examples at a time, `gap_s` apart when one at a time."""
     with httpx.Client(base_url=base, timeout=120) as client:
         for start in range(0, len(examples), per_request):
             response = client.post("/v1/feedback", json={"examples": examples[start : start + per_request]})
             response.raise_for_status()
-            eventually(lambda: client.get("/v1/model").json()["stream_lag"] == 0, 600, "the request consumed")
+            if per_request == 1:
+                time.sleep(gap_s)
 
 
-def served_after_learning(base: str, consumed_at: float) -> None:
-    """Wait until the replica serves a version published after the last example was consumed."""
+def served_after_learning(base: str, posted: int) -> None:
+    """Wait until every example was applied, then until the replica serves the newest version, given the
+    learner time to publish what it learned last (it publishes every RETENTIVE_PUBLISH_EVERY_S, 5 s)."""
 
-    def fresh() -> bool:
+    def counters() -> dict[str, int]:
+        return httpx.get(f"{base}/v1/model", timeout=30).json()["counters"]
+
+    eventually(
+        lambda: counters().get("applied", 0) + counters().get("held_out", 0) == posted, 600, "all applied"
+    )
+    time.sleep(PUBLISH_SETTLE_S)
+
+    def newest_served() -> bool:
         newest = httpx.get(f"{base}/v1/versions?limit=1", timeout=30).json()
-        served = httpx.get(f"{base}/v1/model", timeout=30).json()["model_version"]
-        return bool(newest) and newest[0]["version"] == served and _epoch(newest[0]) > consumed_at
+        return bool(newest) and newest[0]["version"] == httpx.get(f"{base}/v1/model").json()["model_version"]
 
-    eventually(fresh, 600, "a version published after the last example")
-
-
-def _epoch(event: dict[str, Any]) -> float:
-    return datetime.fromisoformat(event["published_at"]).timestamp()
+    eventually(newest_served, 600, "the newest version served")
 
 
 def accuracy(base: str, test: list[dict[str, str]]) -> float:
@@ -78,12 +83,14 @@ def accuracy(base: str, test: list[dict[str, str]]) -> float:
     return hits / len(test)
 
 
-def run_once(model: str, way: str, train: list[dict[str, str]], test: list[dict[str, str]]) -> dict[str, Any]:
+def run_once(
+    model: str, way: str, train: list[dict[str, str]], test: list[dict[str, str]], gap_s: float
+) -> dict[str, Any]:
     settings = {"model": model} if model else {}
     with tempfile.TemporaryDirectory() as data_dir, serving(Path(data_dir), **settings) as (base, _):
         began = time.monotonic()
-        post(base, train, WAYS[way])
-        served_after_learning(base, time.time())
+        post(base, train, WAYS[way], gap_s)
+        served_after_learning(base, len(train))
         counters = httpx.get(f"{base}/v1/model", timeout=30).json()["counters"]
         prequential = httpx.get(f"{base}/v1/forgetting", timeout=30).json()["prequential"]
         return {
@@ -104,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--per-label", type=int, default=12)
     parser.add_argument("--test", type=int, default=200)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--gap-s", type=float, default=1.5, help="seconds between one-example requests")
     parser.add_argument("--quick", action="store_true", help="tiny model, one seed: a smoke run")
     parser.add_argument("--out", default="bench/results/arrival_service.json")
     args = parser.parse_args(argv)
@@ -115,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for seed in seeds:
             train = examples(args.task, args.per_label, seed)
             for way in WAYS:
-                run = {"seed": seed, **run_once(model, way, train, test)}
+                run = {"seed": seed, **run_once(model, way, train, test, args.gap_s)}
                 print(
                     f"seed {seed} {way:<8} accuracy {run['accuracy']:.3f} updates {run['updates']}",
                     flush=True,
@@ -128,6 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "per_label": args.per_label,
         "test_texts": len(test),
         "model": "tiny" if args.quick else "all-MiniLM-L6-v2",
+        "gap_s": args.gap_s,
         "runs": runs,
         "mean_accuracy": {way: statistics.mean(r["accuracy"] for r in rs) for way, rs in runs.items()},
         "trickle_vs_batched": statistics.mean(ratios),

@@ -294,7 +294,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
             "max_len": args.max_len,
             "seed": args.seed,
             "model": "tiny" if args.quick else "all-MiniLM-L6-v2",
-            "arrival": args.arrival,
+            # Named only when not batched, so that rows measured before arrivals existed still resume.
+            **({} if args.arrival == "batched" else {"arrival": args.arrival}),
         }
         earlier = _rows_in(out, config) if args.resume else {}
         result = _result_file(order, orders[order], config, earlier, argv)

@@ -139,7 +139,7 @@ class OnlineLearner:
         report = self.train_step([e.text for e in training], [e.label for e in training])
         report.held_out = len(examples) - len(training)
         report.held_out_mask = mask
-        if report.trained and self.counters.updates % self.config.eval_every == 0:
+        if report.loss is not None and self.counters.updates % self.config.eval_every == 0:
             report.evaluated = True
             report.alarms = self.evaluate()
         return report

@@ -70,6 +70,11 @@ def _checked(server: EmbeddedRedis, start: Callable[[], bool]) -> None:
         raise RedisUnavailableError(f"embedded Redis under {server.directory}: {err}") from err
 
 
+def release_embedded(data_dir: Path, heir_of: int) -> None:
+    """Stop the embedded server under `data_dir` if it belonged to `heir_of`, a process known to be gone."""
+    EmbeddedRedis(embedded_dir(data_dir)).release(heir_of=heir_of)
+
+
 def stop_embedded(data_dir: Path) -> None:
     EmbeddedRedis(embedded_dir(data_dir)).stop()
 

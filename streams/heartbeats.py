@@ -18,6 +18,8 @@ from typing import Any
 
 import redis
 
+from streams.replies import as_text
+
 log = logging.getLogger("retentive.heartbeats")
 
 
@@ -31,7 +33,7 @@ def alive(client: redis.Redis, key: str) -> dict[str, dict[str, Any]]:
     now = time.time()
     reports, expired = {}, []
     for raw_name, raw in client.hgetall(key).items():
-        name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
+        name = as_text(raw_name)
         try:
             report = json.loads(raw)
             fresh = float(report.pop("expires_at")) > now

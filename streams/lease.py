@@ -18,6 +18,8 @@ import time
 
 import redis
 
+from streams.replies import as_text
+
 log = logging.getLogger(__name__)
 
 # Extend the expiry only while the key still names this holder, so a late renewal cannot steal the lease back.
@@ -75,7 +77,7 @@ class Lease:
         value = self.client.get(self.key)
         if value is None:
             return None
-        return value.decode() if isinstance(value, bytes) else str(value)
+        return as_text(value)
 
     def wait_for(self, stop: threading.Event, poll_s: float | None = None) -> bool:
         """Stand by until the lease is acquired (True) or `stop` is set (False).

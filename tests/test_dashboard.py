@@ -125,8 +125,8 @@ def test_the_learner_reports_its_speed_and_the_keep_rate_of_every_gated_layer(se
 
 def test_the_data_views_need_the_predict_scope_and_refuse_bad_limits(service: str) -> None:
     for path in ("/v1/evaluations", "/v1/versions", "/v1/learner"):
-        assert call(service, path, key=None).json()["error"]["code"] == "unauthorized"
-        assert call(service, path, key=PREDICTOR).status_code == 200
+        assert call(service, "GET", path, key=None).json()["error"]["code"] == "unauthorized"
+        assert call(service, "GET", path, key=PREDICTOR).status_code == 200
     refused = call(service, "GET", "/v1/evaluations?limit=0")
     assert refused.status_code == 422 and refused.json()["error"]["details"][0]["field"] == "query.limit"
     assert "greater than or equal to 1" in refused.json()["error"]["message"]

@@ -68,3 +68,11 @@ def test_bad_value_names_the_setting(override: dict, named: str) -> None:
 
 def test_readme_configuration_matches_the_settings() -> None:
     assert settings_table() in README.read_text(), "regenerate with: python -m app.settings"
+
+
+def test_a_setting_under_its_old_name_is_refused_with_the_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RETENTIVE_MIGU_QUANTILE", "0.5")
+    with pytest.raises(ConfigError, match="RETENTIVE_MIGU_QUANTILE is now RETENTIVE_QUANTILE"):
+        load_settings()

@@ -63,6 +63,8 @@ async def _set_pin(store: SnapshotStore, snapshot_id: str, pinned: bool) -> Mani
         raise ApiError(
             404, "snapshot_not_found", f"no snapshot {snapshot_id}; see GET /v1/snapshots"
         ) from None
+    except SnapshotError as err:
+        raise ApiError(409, "snapshot_unusable", str(err)) from None
 
 
 def _check_snapshot_id(snapshot_id: str) -> None:

@@ -2,7 +2,8 @@
 during the forward pass, how it builds a step's batch and its own snapshot state.
 
 Adding a strategy is one new module with a `Strategy` subclass and one `@register("name")`, imported below;
-the settings, the CLI, `bench.cl_stream --strategies` and the docs list it from `names()`.
+the settings (their validation and description), `bench.cl_stream --strategies` and the docs generated from
+the settings read the registry.
 """
 
 from __future__ import annotations

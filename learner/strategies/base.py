@@ -34,6 +34,8 @@ class Strategy:
         self.context = context
 
     def optimizer(self, groups: list[dict[str, Any]], weight_decay: float) -> torch.optim.Optimizer:
+        """The optimizer over `groups`. It must take row masks in `step` and per-row step counts in its state,
+        as `GatedAdamW` does: the learner masks head rows and grows them one label at a time."""
         # AdamW with per-row step counts: a head row starts its own bias correction, and rows no loss
         # touched are left as they are (see `step`). With no row masks it is plain AdamW.
         return GatedAdamW(groups, weight_decay=weight_decay)
