@@ -13,6 +13,7 @@ import torch
 from app.settings import Settings
 from bench import cl_stream, speed
 from learner.forgetting import task_metrics
+from learner.online import Example
 
 
 @pytest.fixture(autouse=True)
@@ -99,3 +100,34 @@ def test_speed_quick_measures_every_figure_against_its_reference(tmp_path: Path,
     assert service["requests_learning"] > 0 and service["requests_paused"] > 0
     learner = result["details"]["learner"]
     assert learner["default_strategy"] == Settings().strategy and learner["default_examples_per_s"] > 0
+
+
+def test_arrival_patterns_deliver_every_example_once_in_their_own_shape() -> None:
+    portion = [Example(f"text {i}", label) for i, label in enumerate("abcab" * 40)]
+    for arrival in cl_stream.ARRIVALS:
+        calls = cl_stream.arrivals(portion, arrival, batch=16)
+        assert sorted(e.text for call in calls for e in call) == sorted(e.text for e in portion), arrival
+    assert all(len(call) == 1 for call in cl_stream.arrivals(portion, "trickle", 16))
+    ordered = [e.label for call in cl_stream.arrivals(portion, "sorted", 16) for e in call]
+    assert ordered == sorted(ordered)
+    sizes = [len(call) for call in cl_stream.arrivals(portion, "bursty", 16)]
+    assert sizes[:4] == [16] * 4 and sizes[4:20] == [1] * 16 and sizes[20:24] == [16] * 4
+
+
+def test_cl_stream_rows_record_arrival_and_prequential_accuracy(tmp_path: Path, cl_stream_dir: Path) -> None:
+    out = tmp_path / "cl_{order}.json"
+    argv = [
+        "--quick",
+        "--data",
+        str(cl_stream_dir),
+        "--strategies",
+        "replay",
+        "--out",
+        str(out),
+        "--no-plots",
+    ]
+    [result] = cl_stream.main([*argv, "--arrival", "trickle"]).values()
+    row = result["strategies"]["replay"]
+    assert row["arrival"] == "trickle" and result["config"]["arrival"] == "trickle"
+    assert 0.0 <= row["prequential"]["cumulative"] <= 1.0 and row["prequential"]["scored"] > 0
+
