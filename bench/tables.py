@@ -16,11 +16,11 @@ RESULTS = Path(__file__).parent / "results"
 ARRIVAL_DIR = RESULTS / "arrival"
 
 
-def mean_sd(values: list[float]) -> str:
+def mean_sd(values: list[float], digits: int = 3) -> str:
     """`mean ± sd` over seeds (the sample standard deviation), or the one value."""
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def arrival_service_table(result: dict) -> str:
@@ -30,7 +30,7 @@ def arrival_service_table(result: dict) -> str:
         prequential = [r["prequential"]["cumulative"] for r in runs if r.get("prequential")]
         rows.append(
             f"| {labels[way]} | {mean_sd([r['accuracy'] for r in runs])} "
-            f"| {mean_sd([float(r['updates']) for r in runs]).replace('.000', '')} "
+            f"| {mean_sd([float(r['updates']) for r in runs], digits=1)} "
             f"| {mean_sd(prequential) if prequential else 'n/a'} |"
         )
     ratio, sd = result["trickle_vs_batched"], result["trickle_vs_batched_sd"]

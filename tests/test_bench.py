@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from app.settings import Settings
-from bench import cl_stream, speed
+from bench import cl_stream, speed, tables
 from learner.forgetting import task_metrics
 from learner.online import Example
 
@@ -131,3 +131,7 @@ def test_cl_stream_rows_record_arrival_and_prequential_accuracy(tmp_path: Path, 
     assert row["arrival"] == "trickle" and result["config"]["arrival"] == "trickle"
     assert 0.0 <= row["prequential"]["cumulative"] <= 1.0 and row["prequential"]["scored"] > 0
 
+
+def test_the_readme_arrival_tables_are_rendered_from_the_result_files() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert tables.arrival() in readme, "regenerate with: python -m bench.tables arrival"
