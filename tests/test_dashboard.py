@@ -182,8 +182,9 @@ class Dashboard:
         )
 
     def wait_for_chart(self, chart: str) -> None:
+        # Generous: while the whole suite loads both cores, the page's first draw has taken over 30 s.
         self.page.wait_for_function(
-            f"() => document.getElementById('{chart}').data?.length > 0", timeout=30_000
+            f"() => document.getElementById('{chart}').data?.length > 0", timeout=120_000
         )
 
     def use_key(self, key: str) -> None:
