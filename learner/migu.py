@@ -18,6 +18,7 @@ from torch.utils.hooks import RemovableHandle
 
 _STEP_KEY = "step"
 _EMA_PREFIX = "ema."
+_STATS_PREFIX = "stats."
 
 
 class MiguGate:
@@ -167,34 +168,38 @@ class MiguGate:
         return kept / total
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Step counter and EMA magnitudes, enough to resume gating exactly."""
+        """Step counter and EMA magnitudes, enough to resume gating exactly, and the last step's statistics,
+        so that a resumed learner still reports the keep-rates of the weights it serves."""
         state = {_STEP_KEY: torch.tensor(self._steps, dtype=torch.int64)}
         for name, magnitude in self._ema_magnitudes.items():
             state[_EMA_PREFIX + name] = magnitude.detach().clone()
+        for name, stats in self._stats.items():
+            state[_STATS_PREFIX + name] = stats.detach().clone()
         return state
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         """Restore what ``state_dict`` saved; the gated layers must have the same names and sizes."""
         if _STEP_KEY not in state:
             raise KeyError(f"gate state has no '{_STEP_KEY}' entry")
-        ema_magnitudes = {}
+        ema_magnitudes, stats = {}, {}
         for key, value in state.items():
             if key == _STEP_KEY:
                 continue
-            name = key.removeprefix(_EMA_PREFIX)
-            layer = self.layers.get(name) if key.startswith(_EMA_PREFIX) else None
+            prefix = next((p for p in (_EMA_PREFIX, _STATS_PREFIX) if key.startswith(p)), None)
+            layer = self.layers.get(key.removeprefix(prefix)) if prefix else None
             if layer is None:
                 raise KeyError(f"gate state entry '{key}' matches no gated layer")
-            if value.shape != (layer.out_features,):
+            expected = (layer.out_features,) if prefix == _EMA_PREFIX else (4,)
+            if value.shape != expected:
                 raise ValueError(
-                    f"gate state entry '{key}' has shape {tuple(value.shape)}, "
-                    f"expected ({layer.out_features},)"
+                    f"gate state entry '{key}' has shape {tuple(value.shape)}, expected {expected}"
                 )
-            ema_magnitudes[name] = value.detach().to(device=layer.weight.device, dtype=torch.float32).clone()
+            kept = ema_magnitudes if prefix == _EMA_PREFIX else stats
+            kept[key.removeprefix(prefix)] = value.detach().to(layer.weight.device, torch.float32).clone()
         self._steps = int(state[_STEP_KEY])
         self._ema_magnitudes = ema_magnitudes
         self._sums = {}
-        self._stats = {}
+        self._stats = stats
 
 
 def _merge(masks: dict[nn.Parameter, Tensor], param: nn.Parameter, keep: Tensor) -> None:

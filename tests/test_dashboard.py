@@ -183,9 +183,23 @@ class Dashboard:
 
     def wait_for_chart(self, chart: str) -> None:
         # Generous: while the whole suite loads both cores, the page's first draw has taken over 30 s.
-        self.page.wait_for_function(
-            f"() => document.getElementById('{chart}').data?.length > 0", timeout=120_000
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        try:
+            self.page.wait_for_function(
+                f"() => document.getElementById('{chart}').data?.length > 0", timeout=120_000
+            )
+        except PlaywrightTimeout:
+            pytest.fail(f"{chart} never drew: {self.state()}")
+
+    def state(self) -> dict:
+        """What the page shows: the banner, each panel's placeholder, and every error it logged."""
+        shown = self.page.evaluate(
+            "() => ({banner: document.getElementById('banner').textContent,"
+            " placeholders: [...document.querySelectorAll('.placeholder')]"
+            ".filter(p => !p.hidden).map(p => p.textContent)})"
         )
+        return {**shown, "errors": self.errors}
 
     def use_key(self, key: str) -> None:
         self.page.fill("#api-key", key)

@@ -253,6 +253,8 @@ def test_state_dict_round_trip_resumes_exactly() -> None:
     resumed = MiguGate(model, ema=0.9, warmup_steps=2)
     resumed.load_state_dict(state)
     assert resumed.steps == 1
+    # A resumed learner reports the keep-rates of the step its weights came from, not "no step yet".
+    assert resumed.last_stats() == gate.last_stats() and resumed.keep_rate() == gate.keep_rate()
     second = 0.5 * x
     for g in (gate, resumed):
         masks = _measured_step(g, model, second, attention_mask)

@@ -181,6 +181,18 @@ def test_corrupt_newest_snapshot_falls_back_to_the_previous(tmp_path: Path) -> N
     assert fresh.model.labels == ["sports", "finance"] and fresh.counters.updates == 1
 
 
+def test_a_restored_learner_reports_the_keep_rates_of_the_step_it_resumed_from(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    learner = make_learner(strategy="migu")
+    learner.train_step(SPORTS[:2] + FINANCE[:2], ["sports"] * 2 + ["finance"] * 2)
+    assert learner.keep_rates(), "a gated step reports its keep-rates"
+    snapshot = store.load(learner.save(store).id)
+    fresh = make_learner(strategy="migu")
+    assert fresh.keep_rates() == {}
+    fresh.restore(snapshot)
+    assert fresh.keep_rates() == learner.keep_rates() and fresh.keep_rate() == learner.keep_rate()
+
+
 def optimizer_state(learner: OnlineLearner) -> dict[str, torch.Tensor]:
     state = learner.optimizer.state_dict()["state"]
     return {
