@@ -1,21 +1,31 @@
-"""Forgetting on a task-free stream: the four cl_stream tasks in one concatenated stream, no task ids.
+"""Forgetting on a task-free stream: the cl_stream tasks in one concatenated stream, no task ids.
 
-    python -m bench.cl_stream [--order order1[,order2...]|all]
-                              [--strategies sgd,migu,replay,migu+replay,joint] [--loss ace] [--head linear]
+    python -m bench.cl_stream [--order order1[,order2,long...]|all]
+                              [--strategies sgd,migu,replay,migu+replay,joint | --tuned FILE]
+                              [--loss ace] [--head linear] [--split test|dev]
                               [--train-per-task 1000] [--test-per-task 300] [--seed 0]
-                              [--max-len 128] [--lr 1e-4] [--quantile 0.7] [--quick]
+                              [--max-len 128] [--lr 1e-4] [--quantile 0.7] [--joint-epochs 5] [--quick]
                               [--arrival batched|trickle|sorted|bursty]
                               [--out bench/results/cl_stream_{order}.json] [--resume]
 
 Each strategy learns the stream from scratch through the same `OnlineLearner` the service runs, one pass,
 in micro-batches, with every label in one open head (amazon and yelp share their five ratings). After each
-task's portion of the stream it is evaluated on every task's test set, predicting over all labels it knows:
-that is the accuracy matrix, matrix[i][j] = accuracy on task j after the stream went through task i.
+segment of the stream it is evaluated on every task's scoring records, predicting over all labels it knows:
+that is the accuracy matrix, matrix[i][j] = accuracy on task j after the stream went through segment i.
+The manifest's orders have one segment per task; `long` (see `bench.long_stream`) cuts the tasks into seven
+label groups over twelve segments in which groups come back, and its matrix is 12 x 7.
+
+`--split` names what a run is scored on: `test` (`test.jsonl`, for reporting) or `dev` (the last records of
+`train.jsonl`, never trained on, for choosing settings: `bench.tune` runs there). Each file records its split.
 Beside it, `within_task_matrix` holds the same accuracy with each prediction restricted to the task's own
 labels, as if the task were named: where it stays up while the matrix falls, the encoder still tells the
 old task's classes apart and the forgetting is in the head, where new labels outscore old ones.
-A task none of whose labels the head holds yet scores 0.0 without being run. `joint` learns the shuffled
-union of all tasks (the upper bound, not a continual method), evaluated after each quarter of its stream.
+A task none of whose labels the head holds yet scores 0.0 without being run.
+
+`joint` is the upper bound, not a continual method: plain fine-tuning with full cross-entropy on the shuffled
+union of the whole stream, for as many epochs as its mean dev accuracy keeps rising (at most
+`--joint-epochs`; the weights of its best epoch are kept). Its row records the dev accuracy after each epoch
+and one matrix row: the scoring split after training.
 
 `--arrival` is how the feedback reaches the learner, as people send it: `batched` in shuffled micro-batches of
 `--batch`, `trickle` one example per call (one correction at a time), `sorted` in micro-batches of each task's
@@ -27,8 +37,8 @@ the accuracy matrix that shows what it kept. Rows of another arrival than `batch
 
 A strategy may carry its own settings, each after an `@`: `migu@loss=ce@lr=3e-4@quantile=0.5`; the global
 flags are the defaults. The spec as written names the row in the result file, which also lists each row's
-strategy, loss, head and settings. One JSON file per order, with a heatmap per row and a bar chart of AA and
-forgetting beside it (same name, `.png`).
+strategy, loss, head and settings; `--tuned FILE` runs the specs a `bench.tune` file chose on dev. One
+JSON file per order, with a heatmap per row and a bar chart of AA and forgetting beside it (`.png`).
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import argparse
 import dataclasses
 import json
 import random
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,11 +55,12 @@ from typing import Any
 
 import torch
 
-from bench.data import data_dir, read_split, task_orders
+from bench import long_stream
+from bench.data import SPLITS, data_dir, read_scoring, read_train, task_orders
 from bench.meta import run_metadata
 from bench.plots import plot_cl_results
 from learner.encoder import default_model_path, load_encoder, tiny_bert
-from learner.forgetting import task_metrics
+from learner.forgetting import TaskMetrics, task_metrics
 from learner.online import Example, LearnerConfig, OnlineLearner
 from learner.strategies import names as strategy_names
 
@@ -82,10 +94,25 @@ class Run:
 
 @dataclass(frozen=True)
 class Task:
+    """What the stream is scored on: a task (or a label group of the long stream) and its records."""
+
     name: str
     labels: frozenset[str]
-    train: list[Example]
     test: list[dict[str, str]]
+    dev: list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Stream:
+    """The segments the learner goes through, in order, and the tasks scored after each of them."""
+
+    tasks: list[Task]
+    segments: list[tuple[str, list[Example]]]
+
+    def learned_at(self) -> list[int]:
+        """For each task, the segment after which it was first learned."""
+        names = [name for name, _ in self.segments]
+        return [names.index(task.name) for task in self.tasks]
 
 
 def parse_run(spec: str, defaults: LearnerConfig) -> Run:
@@ -100,45 +127,65 @@ def parse_run(spec: str, defaults: LearnerConfig) -> Run:
         if not sep or key not in OVERRIDABLE:
             raise SystemExit(f"--strategies: {option!r} in {spec!r}: settable are {', '.join(OVERRIDABLE)}")
         overrides[key] = OVERRIDABLE[key](value)
-    strategy = overrides.pop("strategy", "sgd") if name == JOINT else name
-    return Run(spec, name == JOINT, dataclasses.replace(defaults, strategy=strategy, **overrides))
+    if name == JOINT:
+        settings = {"strategy": "sgd", "loss": "ce", **overrides}
+        return Run(spec, True, dataclasses.replace(defaults, **settings))
+    return Run(spec, False, dataclasses.replace(defaults, strategy=name, **overrides))
 
 
-def load_tasks(order: list[str], train: int, test: int, seed: int, root: Path) -> list[Task]:
-    """Each task's first `train` and `test` records; the training part shuffled by `seed`."""
-    tasks = []
-    for name in order:
-        records = read_split(name, "train", train, root=root)
+def tuned_specs(path: Path) -> str:
+    """The specs a `bench.tune` result chose on dev, one per strategy, as a `--strategies` list."""
+    return ",".join(json.loads(path.read_text())["chosen"].values())
+
+
+def load_stream(
+    order: str, tasks: list[str], train: int, scored: int, split: str, seed: int, root: Path
+) -> Stream:
+    """A manifest order (each task's first `train` records, shuffled by `seed`) or the long stream."""
+    if order == long_stream.NAME:
+        return _load_long_stream(train, scored, split, seed, root)
+    stream_tasks, stream = [], []
+    for name in tasks:
+        records = read_train(name, train, root=root)
         random.Random(f"{seed}-{name}").shuffle(records)
         labels = frozenset(json.loads((root / name / "labels.json").read_text()))
-        examples = [Example(r["text"], r["label"]) for r in records]
-        tasks.append(Task(name, labels, examples, read_split(name, "test", test, root=root)))
-    return tasks
+        dev = read_scoring(name, "dev", scored, root=root)
+        stream_tasks.append(Task(name, labels, read_scoring(name, split, scored, root=root), dev))
+        stream.append((name, [Example(r["text"], r["label"]) for r in records]))
+    return Stream(stream_tasks, stream)
 
 
-def accuracies(learner: OnlineLearner, task: Task) -> tuple[float, float]:
+def _load_long_stream(per_segment: int, scored: int, split: str, seed: int, root: Path) -> Stream:
+    groups = long_stream.label_groups(root)
+    tasks = [
+        Task(
+            group.name,
+            group.labels,
+            long_stream.scoring_records(group, split, scored, root),
+            long_stream.scoring_records(group, "dev", scored, root),
+        )
+        for group in groups
+    ]
+    segments = [
+        (name, [Example(r["text"], r["label"]) for r in records])
+        for name, records in long_stream.segments(groups, per_segment, seed, root)
+    ]
+    return Stream(tasks, segments)
+
+
+def accuracies(learner: OnlineLearner, task: Task, records: list[dict[str, str]]) -> tuple[float, float]:
     """Accuracy over every label the head knows, and within the task's own labels (as if the task were
     named): the gap between the two is forgetting in the head's competition between tasks, not in what
     the encoder still tells apart."""
     if not task.labels & set(learner.model.labels):
         return 0.0, 0.0
-    predictions = learner.predict([r["text"] for r in task.test], top_k=len(learner.model.labels))
+    predictions = learner.predict([r["text"] for r in records], top_k=len(learner.model.labels))
     hits = within = 0
-    for prediction, record in zip(predictions, task.test, strict=True):
+    for prediction, record in zip(predictions, records, strict=True):
         hits += prediction.label == record["label"]
         own = next(scored.label for scored in prediction.top if scored.label in task.labels)
         within += own == record["label"]
-    return hits / len(task.test), within / len(task.test)
-
-
-def portions(run: Run, tasks: list[Task], seed: int) -> list[list[Example]]:
-    """What the learner sees between evaluations: each task in order, or (joint) quarters of the union."""
-    if not run.joint:
-        return [task.train for task in tasks]
-    union = [example for task in tasks for example in task.train]
-    random.Random(seed).shuffle(union)
-    size = -(-len(union) // len(tasks))
-    return [union[start : start + size] for start in range(0, len(union), size)]
+    return hits / len(records), within / len(records)
 
 
 def arrivals(portion: list[Example], arrival: str, batch: int) -> list[list[Example]]:
@@ -163,32 +210,38 @@ def arrivals(portion: list[Example], arrival: str, batch: int) -> list[list[Exam
 
 def run_stream(
     run: Run,
-    tasks: list[Task],
+    stream: Stream,
     encoder_factory: Any,
     batch: int,
-    seed: int,
     log: Any,
     arrival: str = "batched",
+    joint_epochs: int = 5,
 ) -> dict[str, Any]:
     tokenizer, encoder = encoder_factory()
     initial = {name: weight.detach().clone() for name, weight in encoder.named_parameters()}
     learner = OnlineLearner(tokenizer, encoder, run.config)
-    matrix: list[list[float]] = []
-    within_task: list[list[float]] = []
-    train_s = 0.0
     began = time.perf_counter()
-    for position, portion in enumerate(portions(run, tasks, seed)):
-        started = time.perf_counter()
-        for examples in arrivals(portion, arrival, batch):
-            learner.learn(examples)
-        train_s += time.perf_counter() - started
-        measured = [accuracies(learner, task) for task in tasks]
-        matrix.append([overall for overall, _ in measured])
-        within_task.append([own for _, own in measured])
-        after = f"quarter {position + 1}" if run.joint else tasks[position].name
-        log(f"  {run.spec:<28} after {after:<10} " + " ".join(f"{a:.3f}" for a in matrix[-1]))
-    metrics, within_metrics = task_metrics(matrix), task_metrics(within_task)
-    trained = learner.counters.examples_trained
+    if run.joint:
+        trained, extra = _train_joint(run, learner, stream, batch, joint_epochs, log)
+        measured = [accuracies(learner, task, task.test) for task in stream.tasks]
+        matrix, within_task = [[a for a, _ in measured]], [[w for _, w in measured]]
+        # An upper bound learns everything at once: nothing to forget, no transfer to measure.
+        metrics = within_metrics = TaskMetrics(aa=statistics.mean(matrix[0]), forgetting=0.0, bwt=0.0)
+        log(f"  {run.spec:<28} after {extra['epochs']} epochs " + " ".join(f"{a:.3f}" for a in matrix[0]))
+    else:
+        matrix, within_task, trained = [], [], 0.0
+        for name, portion in stream.segments:
+            started = time.perf_counter()
+            for examples in arrivals(portion, arrival, batch):
+                learner.learn(examples)
+            trained += time.perf_counter() - started
+            measured = [accuracies(learner, task, task.test) for task in stream.tasks]
+            matrix.append([overall for overall, _ in measured])
+            within_task.append([own for _, own in measured])
+            log(f"  {run.spec:<28} after {name:<10} " + " ".join(f"{a:.3f}" for a in matrix[-1]))
+        learned_at = stream.learned_at()
+        metrics, within_metrics = task_metrics(matrix, learned_at), task_metrics(within_task, learned_at)
+        extra = {}
     prequential = learner.prequential.report()
     return {
         "strategy": run.config.strategy,
@@ -205,11 +258,37 @@ def run_stream(
         "within_task_matrix": within_task,
         "within_task_aa": within_metrics.aa,
         "within_task_forgetting": within_metrics.forgetting,
-        "examples_per_s": trained / train_s,
+        **extra,
+        "examples_per_s": learner.counters.examples_trained / trained,
         "encoder_drift": encoder_drift(initial, encoder),
         "skipped_steps": learner.counters.skipped_steps,
         "wall_s": time.perf_counter() - began,
     }
+
+
+def _train_joint(
+    run: Run, learner: OnlineLearner, stream: Stream, batch: int, max_epochs: int, log: Any
+) -> tuple[float, dict[str, Any]]:
+    """Epochs over the shuffled union while the mean dev accuracy rises; the best epoch's weights stay."""
+    union = [example for _, portion in stream.segments for example in portion]
+    dev_aa: list[float] = []
+    best: dict[str, torch.Tensor] | None = None
+    train_s = 0.0
+    for epoch in range(max_epochs):
+        random.Random(f"{run.config.seed}-joint-{epoch}").shuffle(union)
+        started = time.perf_counter()
+        for start in range(0, len(union), batch):
+            learner.learn(union[start : start + batch])
+        train_s += time.perf_counter() - started
+        dev_aa.append(statistics.mean(accuracies(learner, task, task.dev)[0] for task in stream.tasks))
+        log(f"  {run.spec:<28} epoch {epoch + 1}: dev accuracy {dev_aa[-1]:.3f}")
+        if dev_aa[-1] <= max(dev_aa[:-1], default=-1.0):
+            break
+        best = {name: value.detach().clone() for name, value in learner.model.state_dict().items()}
+    assert best is not None
+    learner.model.load_state_dict(best)
+    epochs = dev_aa.index(max(dev_aa)) + 1
+    return train_s, {"epochs": epochs, "dev_aa_by_epoch": dev_aa}
 
 
 def encoder_drift(initial: dict[str, torch.Tensor], encoder: torch.nn.Module) -> float:
@@ -224,8 +303,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", type=Path, default=None, help="cl_stream directory")
-    parser.add_argument("--order", default="order1", help="an order of the manifest, a list, or 'all'")
+    parser.add_argument(
+        "--order", default="order1", help=f"a manifest order or '{long_stream.NAME}', a list, or 'all'"
+    )
     parser.add_argument("--strategies", default=",".join([*strategy_names(), JOINT]))
+    parser.add_argument("--tuned", type=Path, default=None, help="run the specs a bench.tune file chose")
+    parser.add_argument("--split", choices=SPLITS, default="test", help="what the runs are scored on")
+    parser.add_argument("--joint-epochs", type=int, default=5, help="most epochs joint may train")
     parser.add_argument("--loss", choices=["ce", "ace"], default=LearnerConfig.loss)
     parser.add_argument("--head", choices=["linear", "cosine"], default=LearnerConfig.head)
     parser.add_argument("--train-per-task", type=int, default=1000)
@@ -258,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         args.train_per_task, args.test_per_task, args.max_len = 48, 16, 32
 
     root = args.data or data_dir()
-    orders = task_orders(root)
+    orders = {**task_orders(root), long_stream.NAME: [group.name for group in long_stream.label_groups(root)]}
     chosen = list(orders) if args.order == "all" else args.order.split(",")
     unknown = [name for name in chosen if name not in orders]
     if unknown:
@@ -275,14 +359,17 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         probe_fraction=0.0,
         seed=args.seed,
     )
-    runs = [parse_run(spec, defaults) for spec in args.strategies.split(",")]
+    specs = tuned_specs(args.tuned) if args.tuned else args.strategies
+    runs = [parse_run(spec, defaults) for spec in specs.split(",")]
 
     def encoder_factory() -> Any:
         return tiny_bert(seed=args.seed) if args.quick else load_encoder(default_model_path())
 
     results = {}
     for order in chosen:
-        tasks = load_tasks(orders[order], args.train_per_task, args.test_per_task, args.seed, root)
+        stream = load_stream(
+            order, orders[order], args.train_per_task, args.test_per_task, args.split, args.seed, root
+        )
         print(f"{order}: {' -> '.join(orders[order])}", flush=True)
         suffix = "" if args.arrival == "batched" else f"_{args.arrival}"
         out = Path((args.out or f"bench/results/cl_stream_{{order}}{suffix}.json").format(order=order))
@@ -293,6 +380,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
             "batch": args.batch,
             "max_len": args.max_len,
             "seed": args.seed,
+            "split": args.split,
             "model": "tiny" if args.quick else "all-MiniLM-L6-v2",
             # Named only when not batched, so that rows measured before arrivals existed still resume.
             **({} if args.arrival == "batched" else {"arrival": args.arrival}),
@@ -305,12 +393,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
                 continue
             row = run_stream(
                 run,
-                tasks,
+                stream,
                 encoder_factory,
                 args.batch,
-                args.seed,
                 lambda x: print(x, flush=True),
                 args.arrival,
+                args.joint_epochs,
             )
             row["run"] = run_metadata("bench.cl_stream", argv)
             result = _add_row(out, result, run.spec, row, args.resume)

@@ -311,21 +311,29 @@ class TaskMetrics:
     bwt: float
 
 
-def task_metrics(matrix: Sequence[Sequence[float]]) -> TaskMetrics:
-    """Metrics of a T x T matrix where matrix[i][j] is the accuracy on task j after training through task i.
+def task_metrics(matrix: Sequence[Sequence[float]], learned_at: Sequence[int] | None = None) -> TaskMetrics:
+    """Metrics of an accuracy matrix where matrix[i][j] is the accuracy on task j at evaluation i.
 
-    aa is the mean of the last row; forgetting is the mean over tasks j < T-1 of the best accuracy on j
-    before the last task minus the final one; bwt is the mean over j < T-1 of the final accuracy on j minus
-    the accuracy right after learning j. Both are 0.0 for a single task.
+    By default the matrix is T x T and task i is learned just before evaluation i. A longer stream, where a
+    task comes back, gives `learned_at[j]`: the evaluation right after task j was first learned.
+    aa is the mean of the last row; forgetting is the mean, over tasks first learned before the last
+    evaluation, of the best accuracy on the task at an earlier evaluation minus the final one; bwt the mean of
+    the final accuracy minus the accuracy right after first learning it. Both are 0.0 when no task qualifies.
     """
-    tasks = len(matrix)
-    if tasks == 0 or any(len(row) != tasks for row in matrix):
-        raise ValueError("the accuracy matrix must be square and non-empty")
+    evaluations = len(matrix)
+    if learned_at is None:
+        if evaluations == 0 or any(len(row) != evaluations for row in matrix):
+            raise ValueError("the accuracy matrix must be square and non-empty")
+        learned_at = range(evaluations)
+    elif evaluations == 0 or any(len(row) != len(learned_at) for row in matrix):
+        raise ValueError("every row of the accuracy matrix needs one accuracy per task in learned_at")
+    if any(not 0 <= at < evaluations for at in learned_at):
+        raise ValueError(f"learned_at must index the matrix's {evaluations} evaluations")
     last = matrix[-1]
     aa = _mean(list(last))
-    if tasks == 1:
+    earlier = [j for j, at in enumerate(learned_at) if at < evaluations - 1]
+    if not earlier:
         return TaskMetrics(aa=aa, forgetting=0.0, bwt=0.0)
-    earlier = range(tasks - 1)
-    forgetting = _mean([max(matrix[i][j] for i in earlier) - last[j] for j in earlier])
-    bwt = _mean([last[j] - matrix[j][j] for j in earlier])
+    forgetting = _mean([max(matrix[i][j] for i in range(evaluations - 1)) - last[j] for j in earlier])
+    bwt = _mean([last[j] - matrix[learned_at[j]][j] for j in earlier])
     return TaskMetrics(aa=aa, forgetting=forgetting, bwt=bwt)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from app.settings import Settings
-from bench import cl_stream, speed, tables
+from bench import cl_stream, long_stream, speed, tables, tune
+from bench.data import DEV_PER_TASK, read_scoring, read_train
 from learner.forgetting import task_metrics
 from learner.online import Example
 
@@ -32,7 +33,8 @@ def test_cl_stream_quick_writes_a_matrix_and_metrics_per_strategy(
     cl_stream.main(["--quick", "--data", str(cl_stream_dir), "--strategies", specs, "--out", str(out)])
     result = json.loads((tmp_path / "cl_order1.json").read_text())
     assert result["order"] == "order1" and result["tasks"] == ["dbpedia", "amazon", "agnews", "yelp"]
-    assert list(result["strategies"]) == specs.split(",")
+    assert list(result["strategies"]) == specs.split(",") and result["config"]["split"] == "test"
+    joint = result["strategies"].pop("joint")
     for spec, row in result["strategies"].items():
         assert len(row["matrix"]) == 4 and all(len(line) == 4 for line in row["matrix"]), spec
         assert all(0.0 <= value <= 1.0 for line in row["matrix"] for value in line)
@@ -47,7 +49,12 @@ def test_cl_stream_quick_writes_a_matrix_and_metrics_per_strategy(
         assert row["encoder_drift"] > 0, f"{spec}: the stream trained the encoder"
     settings = result["strategies"]["migu@quantile=0.5@lr=2e-4"]["settings"]
     assert (settings["quantile"], settings["lr"]) == (0.5, 2e-4)
-    assert result["strategies"]["joint"]["joint"] and result["strategies"]["joint"]["strategy"] == "sgd"
+    # The upper bound: full cross-entropy, epochs while dev accuracy rises, one row scored after them all.
+    assert joint["joint"] and (joint["strategy"], joint["loss"]) == ("sgd", "ce")
+    curve = joint["dev_aa_by_epoch"]
+    assert joint["epochs"] == curve.index(max(curve)) + 1 and len(curve) <= 5
+    assert len(curve) == 5 or curve[-1] <= max(curve[:-1]), "training stops once dev accuracy stops rising"
+    assert len(joint["matrix"]) == 1 and joint["aa"] == pytest.approx(sum(joint["matrix"][0]) / 4)
     # Before the stream reaches a task whose labels are new, that task cannot score.
     assert [line[2] for line in result["strategies"]["sgd"]["matrix"][:2]] == [0.0, 0.0]
     assert (tmp_path / "cl_order1.png").stat().st_size > 10_000
@@ -135,3 +142,70 @@ def test_cl_stream_rows_record_arrival_and_prequential_accuracy(tmp_path: Path, 
 def test_the_readme_arrival_tables_are_rendered_from_the_result_files() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert tables.arrival() in readme, "regenerate with: python -m bench.tables arrival"
+
+
+def test_the_dev_split_is_carved_from_train_and_never_trained_on(cl_stream_dir: Path) -> None:
+    trainable = read_train("agnews", 4000 - DEV_PER_TASK, root=cl_stream_dir)
+    dev = read_scoring("agnews", "dev", root=cl_stream_dir)
+    assert len(dev) == DEV_PER_TASK and not {r["text"] for r in dev} & {r["text"] for r in trainable}
+    with pytest.raises(ValueError, match="before its dev split"):
+        read_train("agnews", 4000 - DEV_PER_TASK + 1, root=cl_stream_dir)
+    test = read_scoring("agnews", "test", 10, root=cl_stream_dir)
+    assert not {r["text"] for r in test} & {r["text"] for r in dev}
+
+
+def test_the_long_stream_cuts_tasks_into_groups_that_come_back(cl_stream_dir: Path) -> None:
+    groups = long_stream.label_groups(cl_stream_dir)
+    names = [group.name for group in groups]
+    assert names == list(dict.fromkeys(long_stream.SCHEDULE)) and len(long_stream.SCHEDULE) >= 10
+    dbpedia = [group.labels for group in groups if group.task == "dbpedia"]
+    assert len(dbpedia) == 3 and len(frozenset().union(*dbpedia)) == 14 == sum(map(len, dbpedia))
+    assert len([group for group in groups if group.task == "agnews"]) == 2
+    # Every early group returns after several others.
+    assert all(long_stream.SCHEDULE.count(name) == 2 for name in ("dbpedia.1", "agnews.1", "amazon"))
+    stream = long_stream.segments(groups, 30, seed=0, root=cl_stream_dir)
+    texts = [r["text"] for _, records in stream for r in records]
+    assert len(texts) == len(set(texts)) == 30 * len(long_stream.SCHEDULE), "a return brings fresh examples"
+    labels = {group.name: group.labels for group in groups}
+    assert all(r["label"] in labels[name] for name, records in stream for r in records)
+    assert long_stream.label_groups(cl_stream_dir) == groups, "the same stream for every run"
+
+
+def test_cl_stream_scores_the_long_stream_on_dev_with_one_column_per_group(
+    tmp_path: Path, cl_stream_dir: Path
+) -> None:
+    out = tmp_path / "long.json"
+    argv = ["--quick", "--data", str(cl_stream_dir), "--order", "long", "--split", "dev", "--no-plots"]
+    [result] = cl_stream.main([*argv, "--strategies", "migu", "--out", str(out)]).values()
+    assert result["config"]["split"] == "dev" and result["tasks"][:2] == ["dbpedia.1", "agnews.1"]
+    row = result["strategies"]["migu"]
+    assert len(row["matrix"]) == len(long_stream.SCHEDULE) and all(len(line) == 7 for line in row["matrix"])
+    learned_at = [long_stream.SCHEDULE.index(name) for name in result["tasks"]]
+    metrics = task_metrics(row["matrix"], learned_at)
+    assert (row["aa"], row["forgetting"], row["bwt"]) == (metrics.aa, metrics.forgetting, metrics.bwt)
+
+
+def test_tune_chooses_on_dev_records_its_grid_and_feeds_the_test_run(
+    tmp_path: Path, cl_stream_dir: Path
+) -> None:
+    out = tmp_path / "tuning_{order}.json"
+    grids = ["sgd:lr=1e-4,1e-3", "migu:lr=1e-4:quantile=0.5,0.7"]
+    argv = ["--grid", grids[0], "--grid", grids[1], "--out", str(out)]
+    argv += ["--quick", "--data", str(cl_stream_dir)]
+    tuned = tune.main(argv)
+    assert tuned["split"] == "dev" and tuned["grid"]["migu"] == [
+        "migu@lr=1e-4@quantile=0.5",
+        "migu@lr=1e-4@quantile=0.7",
+    ]
+    runs = json.loads((tmp_path / "tuning_order1_dev_seed0.json").read_text())
+    assert runs["config"]["split"] == "dev"
+    for name, specs in tuned["grid"].items():
+        assert tuned["dev_aa"] == {spec: [runs["strategies"][spec]["aa"]] for spec in tuned["dev_aa"]}
+        assert tuned["chosen"][name] == max(specs, key=lambda spec: tuned["dev_aa"][spec][0])
+    report = tmp_path / "report.json"
+    common = ["--quick", "--data", str(cl_stream_dir), "--no-plots", "--out", str(report)]
+    [result] = cl_stream.main([*common, "--tuned", str(tmp_path / "tuning_order1.json")]).values()
+    assert list(result["strategies"]) == list(tuned["chosen"].values())
+    assert result["config"]["split"] == "test"
+    with pytest.raises(SystemExit, match="sets --split"):
+        tune.main([*argv, "--split", "test"])

@@ -246,3 +246,18 @@ def test_alarm_policy_values():
 def test_threshold_is_validated(threshold):
     with pytest.raises(ValueError):
         ForgettingTracker(alarm_threshold=threshold)
+
+
+def test_task_metrics_of_a_stream_where_a_task_comes_back():
+    # Segments A, B, A again: A is first learned at evaluation 0, B at 1; the matrix is 3 x 2.
+    metrics = task_metrics([[0.8, 0.0], [0.5, 0.9], [0.85, 0.7]], learned_at=[0, 1])
+    assert metrics.aa == pytest.approx(0.775)
+    assert metrics.forgetting == pytest.approx(((0.8 - 0.85) + (0.9 - 0.7)) / 2)
+    assert metrics.bwt == pytest.approx(((0.85 - 0.8) + (0.7 - 0.9)) / 2)
+
+
+def test_task_metrics_needs_one_accuracy_per_task_and_a_learned_at_inside_the_matrix():
+    with pytest.raises(ValueError, match="one accuracy per task"):
+        task_metrics([[0.8, 0.0, 0.1]], learned_at=[0, 0])
+    with pytest.raises(ValueError, match="must index"):
+        task_metrics([[0.8, 0.0]], learned_at=[0, 1])
