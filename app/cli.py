@@ -13,6 +13,7 @@ from typing import Annotated
 import httpx
 import typer
 
+from app.auth import parse_api_keys
 from app.client.feed import RetryPolicy, direct_sender, http_sender, open_input, progress_bar, service_url
 from app.client.feed import feed as feed_lines
 from app.settings import ConfigError, Settings, load_settings
@@ -87,7 +88,7 @@ def serve(
     from streams.connection import connect
 
     settings = _settings(model=model, data_dir=data_dir, redis_url=redis_url, host=host, port=port)
-    open_access = not settings.api_key_entries()
+    open_access = not parse_api_keys(settings.api_key_entries())
     if open_access and settings.host not in LOOPBACK and not insecure:
         _fail(
             f"RETENTIVE_HOST: {settings.host} is reachable from other machines and no API key is set; "

@@ -229,14 +229,17 @@ class Settings(BaseSettings):
     @field_validator("api_keys")
     @classmethod
     def _parse_keys(cls, value: SecretStr) -> SecretStr:
-        parse_api_keys(value.get_secret_value())
+        # Set but keyless (a blank or ';' only) must not read as "no keys": that opens every route.
+        raw = value.get_secret_value()
+        if not parse_api_keys(raw) and raw != "":
+            raise ValueError("is set but holds no KEY:SCOPE entry; unset it for loopback-only access")
         return value
 
     @field_validator("api_keys_file")
     @classmethod
     def _parse_key_file(cls, value: Path | None) -> Path | None:
-        if value is not None:
-            parse_api_keys(read_key_file(value))
+        if value is not None and not parse_api_keys(read_key_file(value)):
+            raise ValueError(f"{value} holds no KEY:SCOPE entry (only blank lines or comments)")
         return value
 
     def api_key_entries(self) -> str:

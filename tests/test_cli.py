@@ -103,3 +103,35 @@ def test_pin_keeps_a_snapshot_and_unpin_releases_it(tmp_path: Path, tiny_model_d
     assert unpinned.returncode == 0 and not SnapshotStore(settings.snapshot_dir).latest().pinned
     missing = run_cli("pin", "00000099-0123456789ab", "--data-dir", str(tmp_path), env=env)
     assert missing.returncode == 2 and missing.stderr.startswith("error: 00000099-0123456789ab: ")
+
+
+@pytest.mark.parametrize("blank", [" ", ";", " ; "])
+def test_serve_refuses_a_key_setting_that_holds_no_key_instead_of_opening_every_route(
+    blank: str, tmp_path: Path
+) -> None:
+    result = run_cli(
+        "serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path), env={"RETENTIVE_API_KEYS": blank}
+    )
+    assert result.returncode == 2, result.stdout
+    assert (
+        result.stderr.startswith("error: RETENTIVE_API_KEYS: ")
+        and "holds no KEY:SCOPE entry" in result.stderr
+    )
+
+
+def test_serve_refuses_a_key_file_of_only_comments(tmp_path: Path) -> None:
+    key_file = tmp_path / "keys"
+    key_file.write_text("# the on-call keys go here\n\n   # none yet\n")
+    result = run_cli(
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--data-dir",
+        str(tmp_path),
+        env={"RETENTIVE_API_KEYS_FILE": str(key_file)},
+    )
+    assert result.returncode == 2, result.stdout
+    assert (
+        result.stderr.startswith("error: RETENTIVE_API_KEYS_FILE: ")
+        and "only blank lines or comments" in result.stderr
+    )
