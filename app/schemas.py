@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from streams.records import normalize_label, normalize_text
 
 LearnerState = Literal["running", "paused", "standby", "absent"]
+# Texts and labels as the learner sees them: other line breaks as newlines, labels in NFC.
+Text = Annotated[str, AfterValidator(normalize_text)]
+Label = Annotated[str, AfterValidator(normalize_label)]
 
 
 class Strict(BaseModel):
@@ -14,7 +19,7 @@ class Strict(BaseModel):
 
 
 class PredictRequest(Strict):
-    inputs: list[str] = Field(
+    inputs: list[Text] = Field(
         min_length=1,
         description="Texts to classify: at most RETENTIVE_MAX_INPUTS (default 256), each at most "
         "RETENTIVE_MAX_TEXT_CHARS characters (default 10000).",
@@ -221,8 +226,8 @@ class RollbackAccepted(Strict):
 
 
 class ProbeExample(Strict):
-    text: str = Field(min_length=1, description="A text.")
-    label: str = Field(min_length=1, description="Its correct label.")
+    text: Text = Field(min_length=1, description="A text.")
+    label: Label = Field(min_length=1, description="Its correct label.")
 
 
 class ProbeSetRequest(Strict):

@@ -19,6 +19,19 @@ _OPTIONAL = ("id", "slice", "prediction_id")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # C0 and C1 control characters other than tab, newline and carriage return.
 _TEXT_CONTROL = re.compile("[\x01-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# NEXT LINE, LINE SEPARATOR and PARAGRAPH SEPARATOR: line breaks in Unicode, and common in real corpora.
+_LINE_BREAKS = str.maketrans({"\x85": "\n", "\u2028": "\n", "\u2029": "\n"})
+
+
+def normalize_text(text: str) -> str:
+    """`text` with Unicode's other line breaks written as newlines, which every tokenizer reads alike."""
+    return text.translate(_LINE_BREAKS) if isinstance(text, str) else text
+
+
+def normalize_label(label: str) -> str:
+    """`label` in Unicode NFC, so that two labels that look the same (a composed or decomposed accent) are
+    the same class."""
+    return unicodedata.normalize("NFC", label) if isinstance(label, str) else label
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,11 @@ class FeedbackRecord:
     slice: str | None = None
     prediction_id: str | None = None
     received_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        # Frozen: the normalised values replace what was given, once, wherever a record is made.
+        object.__setattr__(self, "text", normalize_text(self.text))
+        object.__setattr__(self, "label", normalize_label(self.label))
 
     def validate(self, limits: RecordLimits = DEFAULT_LIMITS) -> None:
         """Raise MalformedRecord naming the first field that breaks the schema."""
@@ -197,6 +215,12 @@ def _check_label(label: str, most: int) -> None:
             )
         if category == "Cs":
             raise MalformedRecord("label", f"not valid Unicode (lone surrogate at position {position})")
+        if category == "Cf":
+            raise MalformedRecord(
+                "label",
+                f"remove the invisible format character U+{ord(char):04X} at position {position} "
+                "(a bidi control or zero-width character makes a label look like another)",
+            )
     if not label.strip():
         raise MalformedRecord("label", "must not be only whitespace")
 

@@ -183,6 +183,27 @@ def test_operators_register_probes_and_pause_learning(service: str, taught: Taug
     assert all(p["name"] != "golden" for p in call(service, "GET", "/v1/probes").json())
 
 
+def test_real_text_with_unicode_line_breaks_is_accepted_and_a_lookalike_label_is_refused(
+    service: str, taught: Taught
+) -> None:
+    reviews = [
+        {"text": f"{LABELS['cooking']}\x85the bread was burnt", "label": "cooking"},
+        {"text": f"{LABELS['football']}\u2028what a match\u2029", "label": "football"},
+    ]
+    created = call(service, "PUT", "/v1/probes/reviews", json={"examples": reviews})
+    assert created.status_code == 201, created.text
+    assert call(service, "DELETE", "/v1/probes/reviews").status_code == 204
+    answered = call(service, "POST", "/v1/predict", json={"inputs": [reviews[1]["text"]]})
+    assert answered.status_code == 200, answered.text
+
+    before = call(service, "GET", "/v1/model").json()["counters"].get("accepted", 0)
+    lookalike = {"examples": [{"text": "a late penalty kick", "label": "foot\u200bball"}]}
+    refused = call(service, "POST", "/v1/feedback", json=lookalike)
+    assert refused.status_code == 422 and "examples[0].label" in refused.json()["error"]["message"]
+    assert "invisible format character U+200B" in refused.json()["error"]["message"]
+    assert call(service, "GET", "/v1/model").json()["counters"].get("accepted", 0) == before
+
+
 def test_metrics_and_snapshots_report_what_happened(service: str, taught: Taught) -> None:
     call(service, "POST", "/v1/predict", json={"inputs": ["a bright comet"]})
     metrics = call(service, "GET", "/metrics").text

@@ -45,7 +45,7 @@ def test_missing_received_at_reads_as_zero_and_unknown_fields_are_ignored() -> N
         ({**VALID, "text": " \n\t "}, "text", "must not be empty"),
         ({**VALID, "text": "nul\x00here"}, "text", "NUL character at position 3"),
         ({**VALID, "text": "red \x1b[31m"}, "text", "control character U+001B at position 4"),
-        ({**VALID, "text": "c1 \x85 next line"}, "text", "control character U+0085"),
+        ({**VALID, "text": "c1 \x86 start of selected area"}, "text", "control character U+0086"),
         ({**VALID, "text": b"bad \xff utf-8"}, "text", "not valid UTF-8"),
         ({**VALID, "label": b"\xc3"}, "label", "not valid UTF-8"),
         ({**VALID, "text": "x" * 10_001}, "text", "at most 10000 characters (got 10001)"),
@@ -117,3 +117,28 @@ def test_error_placed_in_a_request_says_which_record() -> None:
 
 def test_tabs_and_line_breaks_are_fine_in_a_text() -> None:
     FeedbackRecord(text="line one\n\tline two\r\n", label="x").validate()
+
+
+@pytest.mark.parametrize("separator", ["\x85", "\u2028", "\u2029"])
+def test_unicode_line_and_paragraph_separators_are_line_breaks_not_refused(separator: str) -> None:
+    record = FeedbackRecord(text=f"great food{separator}slow service", label="mixed")
+    record.validate()
+    assert record.text == "great food\nslow service"
+    with pytest.raises(MalformedRecord, match=r"control character U\+0084"):
+        FeedbackRecord(text="great food\x84slow service", label="mixed").validate()
+
+
+def test_labels_that_look_the_same_are_the_same() -> None:
+    decomposed = FeedbackRecord(text="ok", label="cafe\u0301")
+    decomposed.validate()
+    assert decomposed.label == "café" == FeedbackRecord(text="ok", label="caf\u00e9").label
+    fields = FeedbackRecord.from_fields({**VALID, "label": "cafe\u0301"}).to_fields()
+    assert fields["label"] == "café"
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\u202e", "\u2066", "\ufeff"])
+def test_a_label_with_an_invisible_format_character_is_refused(invisible: str) -> None:
+    with pytest.raises(
+        MalformedRecord, match=f"invisible format character U\\+{ord(invisible):04X} at position 5"
+    ):
+        FeedbackRecord(text="ok", label=f"sport{invisible}s").validate()
