@@ -218,8 +218,8 @@ class LearnerLoop:
         pending = self.consumer.recover(self.state.cursor)
         reread = self.consumer.acknowledged_after(self.state.cursor)
         entries = sorted(pending + reread, key=lambda e: stream_id_key(e.stream_id))
-        for start in range(0, len(entries), self.config.batch_size):
-            self._apply(entries[start : start + self.config.batch_size])
+        for batch in _recovery_batches(entries, self.config.batch_size):
+            self._apply(batch)
         log.info(
             json.dumps(
                 {
@@ -248,7 +248,9 @@ class LearnerLoop:
         self.state.counters.read += len(fresh)
         fresh = self._refuse_past_label_cap(fresh)
         examples = [Example(e.record.text, e.record.label, e.record.id) for e in fresh]
+        self.consumer.applying([e.stream_id for e in fresh])
         report = self.learner.learn(examples)
+        self.consumer.applied()
         self.state.counters.held_out += report.held_out
         self.state.counters.applied += report.trained
         if fresh:
@@ -570,3 +572,15 @@ class LearnerLoop:
         rates = self.learner.keep_rates()
         set_keep_rates(self.client, self.keys, {layer: round(rate, 4) for layer, rate in rates.items()})
         set_prequential(self.client, self.keys, self.learner.prequential.report())
+
+
+def _recovery_batches(entries: list[Entry], size: int) -> list[list[Entry]]:
+    """Micro-batches of `size` in ID order, except that an entry the learner died applying before is applied
+    on its own: if it kills the learner again, only it is counted, not its innocent neighbours."""
+    batches: list[list[Entry]] = []
+    for entry in entries:
+        if entry.failures or not batches or batches[-1][0].failures or len(batches[-1]) == size:
+            batches.append([entry])
+        else:
+            batches[-1].append(entry)
+    return batches

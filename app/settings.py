@@ -146,7 +146,8 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(
         _LOOP.max_deliveries,
         gt=0,
-        description="Deliveries of one entry after which it goes to the dead-letter stream.",
+        description="Times the learner may die while applying one entry before the entry goes to the "
+        "dead-letter stream (restarts that were not applying it count nothing).",
     )
     lease_ttl_ms: int = Field(
         _LOOP.lease_ttl_ms,

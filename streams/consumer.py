@@ -9,17 +9,23 @@ Call order at start (holding the lease, so no other consumer is alive): `ensure_
 `recover(cursor)`, then `read` in a loop. After each durable snapshot: `ack_through(cursor)`, then
 `trim(cursor, retention)`.
 
-Entries that cannot be used (malformed fields, or delivered more than `max_deliveries` times because they
-keep crashing the learner) go to the dead-letter stream with the reason and are acknowledged at once, so bad
-data never stops the learner.
+Entries that cannot be used (malformed fields, or entries whose application failed `max_deliveries` times
+because they keep crashing the learner) go to the dead-letter stream with the reason and are acknowledged at
+once, so bad data never stops the learner.
+
+A failure is counted against an entry only when the learner died while applying it: the caller marks each
+micro-batch with `applying(ids)` before it learns from it and `applied()` after, and `recover` counts one
+failure against every entry of a batch still marked. Restarts, lost leases and snapshots that failed count
+nothing, however many there are (Redis's own delivery count grows with every claim, so it cannot tell).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import redis
@@ -53,11 +59,11 @@ def stream_id_key(stream_id: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Entry:
-    """One usable feedback entry and how many times the group has delivered it (1 on first delivery)."""
+    """One usable feedback entry and how many times the learner died while applying it (0 at first)."""
 
     stream_id: str
     record: FeedbackRecord
-    deliveries: int
+    failures: int = 0
 
 
 class FeedbackConsumer:
@@ -107,11 +113,13 @@ class FeedbackConsumer:
         """Claim every pending entry of the group and return those after `cursor`, in ID order.
 
         Call once at start, holding the lease, so the consumers that own them are dead. Entries at or below
-        `cursor` are already in the snapshot: they are acknowledged, not returned. Each claim counts as a
-        delivery, so an entry that crashes the learner every time is dead-lettered after `max_deliveries`.
+        `cursor` are already in the snapshot: they are acknowledged, not returned. The batch a learner died
+        applying counts one failure against each of its entries; an entry that failed `max_deliveries` times
+        is dead-lettered.
         """
         self.last_cursor = cursor
         self._handled_through = None
+        failures = self._count_interrupted_batch()
         try:
             fields, vanished = self._claim_all()
             deliveries = self._pending_deliveries()
@@ -133,7 +141,33 @@ class FeedbackConsumer:
             # Counted whether or not XACK found them, since Redis 7 already dropped them while claiming.
             self._producer.acknowledged(len(vanished))
         rows = sorted(fields.items(), key=lambda row: stream_id_key(row[0]))
-        return self._admit(rows, deliveries)
+        return self._admit(rows, failures)
+
+    def applying(self, stream_ids: list[str]) -> None:
+        """Mark a micro-batch as being applied: if the learner dies before `applied`, each entry of it gets
+        one failure at the next `recover`."""
+        self.client.set(self.keys.applying, json.dumps(stream_ids))
+
+    def applied(self) -> None:
+        """The marked micro-batch was applied: nothing is counted against it."""
+        self.client.delete(self.keys.applying)
+
+    def _count_interrupted_batch(self) -> dict[str, int]:
+        """Count a failure against each entry of the batch a learner died applying; every entry's failures."""
+        marked = self.client.get(self.keys.applying)
+        if marked is not None:
+            pipe = self.client.pipeline(transaction=True)
+            for stream_id in json.loads(marked):
+                pipe.hincrby(self.keys.failures, stream_id, 1)
+            pipe.delete(self.keys.applying)
+            pipe.execute()
+        return {as_text(key): int(value) for key, value in self.client.hgetall(self.keys.failures).items()}
+
+    def _forget_failures(self, settled: Callable[[str], bool]) -> None:
+        """Drop the failure counts of entries that are settled (acknowledged or dead-lettered)."""
+        done = [key for key in map(as_text, self.client.hkeys(self.keys.failures)) if settled(key)]
+        if done:
+            self.client.hdel(self.keys.failures, *done)
 
     def read(self, count: int, wait_s: float, block_ms: int = 200) -> list[Entry]:
         """Up to `count` new entries in ID order, waiting at most about `wait_s` for the batch to fill.
@@ -178,6 +212,8 @@ class FeedbackConsumer:
             if len(page) < _PAGE or done == 0:
                 break
         self._producer.acknowledged(acked)
+        through = stream_id_key(cursor)
+        self._forget_failures(lambda stream_id: stream_id_key(stream_id) <= through)
         return acked
 
     def trim(self, cursor: str, retention: int) -> int:
@@ -269,7 +305,7 @@ class FeedbackConsumer:
         ]
         return self._admit(rows, {})
 
-    def _admit(self, rows: list[tuple[str, _Fields]], deliveries: Mapping[str, int]) -> list[Entry]:
+    def _admit(self, rows: list[tuple[str, _Fields]], failures: Mapping[str, int]) -> list[Entry]:
         """Decode delivered rows (in ID order); settle those that must not reach the caller."""
         cursor = stream_id_key(self.last_cursor) if self.last_cursor is not None else None
         covered: list[str] = []
@@ -283,16 +319,17 @@ class FeedbackConsumer:
             if self._handled_through is not None and key <= self._handled_through:
                 continue
             self._handled_through = key
-            times = deliveries.get(stream_id, 1)
-            if times > self.max_deliveries:
-                dead.append((stream_id, fields, f"delivered {times} times, more than {self.max_deliveries}"))
+            failed = failures.get(stream_id, 0)
+            if failed >= self.max_deliveries:
+                reason = f"the learner died applying it {failed} times (RETENTIVE_MAX_DELIVERIES)"
+                dead.append((stream_id, fields, reason))
                 continue
             try:
                 record = FeedbackRecord.from_fields(fields, self.limits)
             except MalformedRecord as err:
                 dead.append((stream_id, fields, f"malformed: {err}"))
                 continue
-            entries.append(Entry(stream_id, record, times))
+            entries.append(Entry(stream_id, record, failed))
         if covered:
             self._ack(covered)
         self._dead_letter(dead)
@@ -372,6 +409,8 @@ class FeedbackConsumer:
         pipe.hincrby(self.keys.counters, "dead_lettered", len(items))
         acked = pipe.execute()[-2]
         self._producer.acknowledged(int(acked))
+        lettered = {stream_id for stream_id, _, _ in items}
+        self._forget_failures(lettered.__contains__)
 
 
 def _is_nogroup(err: redis.ResponseError) -> bool:

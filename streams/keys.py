@@ -34,6 +34,16 @@ class StreamKeys:
         return self._key("dead")
 
     @property
+    def applying(self) -> str:
+        """The stream IDs of the micro-batch the learner is applying now (JSON); gone once it is applied."""
+        return self._key("applying")
+
+    @property
+    def failures(self) -> str:
+        """Hash: times applying an entry failed (the learner died while applying its micro-batch), by ID."""
+        return self._key("failures")
+
+    @property
     def versions(self) -> str:
         """Pub/sub channel announcing each new published model version."""
         return self._key("versions")

@@ -57,7 +57,7 @@ def test_group_created_at_start_sees_earlier_entries(redis_client: redis.Redis, 
 
     assert ids(entries) == added
     assert [e.record.text for e in entries] == ["text 0", "text 1", "text 2"]
-    assert {e.deliveries for e in entries} == {1}
+    assert {e.failures for e in entries} == {0}
 
 
 def test_group_created_at_a_cursor_starts_after_it(redis_client: redis.Redis, keys: StreamKeys) -> None:
@@ -138,7 +138,7 @@ def test_recover_takes_over_a_dead_consumers_entries_in_order(
     entries = successor.recover(added[1])
 
     assert ids(entries) == added[2:]
-    assert {e.deliveries for e in entries} == {2}
+    assert {e.failures for e in entries} == {0}, "a dead consumer's entries failed nothing"
     assert successor.pending() == 4
     assert backlog(redis_client, keys) == 4
     owners = redis_client.xpending(keys.feedback, GROUP)["consumers"]
@@ -228,23 +228,55 @@ def test_malformed_entries_are_dead_lettered_and_acknowledged(
     assert redis_client.hget(keys.counters, "dead_lettered") == b"2"
 
 
-def test_an_entry_delivered_too_often_is_dead_lettered(redis_client: redis.Redis, keys: StreamKeys) -> None:
-    [poison] = add(redis_client, keys, 1)
-    started(redis_client, keys, "crashed-1", max_deliveries=2).read(1, wait_s=0.0)
+def test_restarts_alone_never_dead_letter_an_entry(redis_client: redis.Redis, keys: StreamKeys) -> None:
+    added = add(redis_client, keys, 5)
+    started(redis_client, keys, "first", max_deliveries=2).read(5, wait_s=0.0)
+    for restart in range(12):
+        successor = FeedbackConsumer(redis_client, keys, f"restart-{restart}", max_deliveries=2)
+        successor.ensure_group(None)
+        entries = successor.recover(None)
+        assert [(e.stream_id, e.failures) for e in entries] == [(i, 0) for i in added], restart
+    assert dead_letters(redis_client, keys) == [] and successor.pending() == 5
+
+
+def test_an_entry_the_learner_keeps_dying_on_is_dead_lettered_alone(
+    redis_client: redis.Redis, keys: StreamKeys
+) -> None:
+    poison, innocent = add(redis_client, keys, 2)
+    first = started(redis_client, keys, "crashed-1", max_deliveries=2)
+    first.read(2, wait_s=0.0)
+    first.applying([poison])  # and dies before applied()
 
     second = FeedbackConsumer(redis_client, keys, "crashed-2", max_deliveries=2)
     second.ensure_group(None)
-    assert [(e.stream_id, e.deliveries) for e in second.recover(None)] == [(poison, 2)]
+    recovered = second.recover(None)
+    assert [(e.stream_id, e.failures) for e in recovered] == [(poison, 1), (innocent, 0)]
+    second.applying([innocent])
+    second.applied()
+    second.applying([poison])  # dies again
 
     third = FeedbackConsumer(redis_client, keys, "third", max_deliveries=2)
     third.ensure_group(None)
-    assert third.recover(None) == []
+    assert [(e.stream_id, e.failures) for e in third.recover(None)] == [(innocent, 0)]
     [letter] = dead_letters(redis_client, keys)
     assert letter[b"stream_id"].decode() == poison
-    assert b"delivered 3 times" in letter[b"reason"]
-    assert letter[b"f.text"] == b"text 0"
-    assert third.pending() == 0
-    assert backlog(redis_client, keys) == 0
+    assert b"died applying it 2 times" in letter[b"reason"] and letter[b"f.text"] == b"text 0"
+    assert third.pending() == 1 and backlog(redis_client, keys) == 1
+    assert redis_client.hgetall(keys.failures) == {}, "a settled entry's count is dropped"
+
+
+def test_acknowledging_drops_the_failure_counts_it_settles(
+    redis_client: redis.Redis, keys: StreamKeys
+) -> None:
+    added = add(redis_client, keys, 3)
+    first = started(redis_client, keys, "crashed", max_deliveries=5)
+    first.read(3, wait_s=0.0)
+    first.applying(added)
+    successor = FeedbackConsumer(redis_client, keys, "successor", max_deliveries=5)
+    successor.ensure_group(None)
+    assert {e.failures for e in successor.recover(None)} == {1}
+    successor.ack_through(added[1])
+    assert redis_client.hgetall(keys.failures) == {added[2].encode(): b"1"}
 
 
 def test_caller_can_dead_letter_an_entry(redis_client: redis.Redis, keys: StreamKeys) -> None:

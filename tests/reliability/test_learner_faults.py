@@ -11,6 +11,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -239,3 +240,21 @@ def test_twenty_sigkills_at_random_moments_while_the_stream_arrives(harness: Lea
     print(f"{kills} SIGKILLs, {while_leading} of them after recovery, while {total} entries arrived")
     assert harness.client.xlen(harness.keys.dead) == 0, "entries were dead-lettered by the restarts"
     audit(harness, total, sum(duplicates))
+
+
+def test_a_restart_storm_dead_letters_no_good_entry_and_loses_none(harness: LearnerHarness) -> None:
+    """Twelve learners in a row take over the pending entries, apply some and die just before their first
+    snapshot: more restarts than RETENTIVE_MAX_DELIVERIES (10), and none of them died applying an entry."""
+    fed = feed(harness, 0, 400)
+    for restart in range(12):
+        process = harness.start(crash_at="before_snapshot")
+        assert process.wait(timeout=120) == -signal.SIGKILL, (restart, harness.log_tail())
+    assert harness.snapshots.list() == [], "no snapshot between the restarts"
+    assert harness.pending() > 0
+    process = harness.start()
+    try:
+        harness.wait_for(settled(harness, fed), timeout=240, what="every entry applied and acknowledged")
+    finally:
+        stop_cleanly(process)
+    assert harness.client.xlen(harness.keys.dead) == 0
+    audit(harness, fed, 0)
