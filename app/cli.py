@@ -8,7 +8,7 @@ import sys
 from contextlib import ExitStack
 from importlib.metadata import version
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import httpx
 import typer
@@ -40,7 +40,18 @@ def _settings(**overrides: object) -> Settings:
         _fail(str(err))
 
 
-def _fail(message: str) -> None:
+def _read_api_key(path: Path) -> str:
+    try:
+        lines = path.expanduser().read_text().splitlines()
+    except OSError as err:
+        _fail(f"--api-key-file: cannot read {path}: {err.strerror}")
+    key = next((line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")), None)
+    if key is None:
+        _fail(f"--api-key-file: {path} holds no key (only blank lines or comments)")
+    return key
+
+
+def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
 
@@ -195,8 +206,12 @@ def feed(
         typer.Option(
             envvar="RETENTIVE_API_KEY",
             show_envvar=False,
-            help="API key with the feedback scope [RETENTIVE_API_KEY].",
+            help="API key with the feedback scope [RETENTIVE_API_KEY]; a flag shows in the process list.",
         ),
+    ] = None,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(help="A file holding the API key (its first line that is not blank or a '#' comment)."),
     ] = None,
     batch: Annotated[int, typer.Option(min=1, help="Examples per request.")] = 100,
     direct: Annotated[
@@ -218,6 +233,8 @@ def feed(
 
     if direct and url:
         _fail("--url is for HTTP; with --direct the stream is reached through --redis-url or --data-dir")
+    if api_key_file is not None:
+        api_key = _read_api_key(api_key_file)
     settings = _settings(data_dir=data_dir, redis_url=redis_url)
     with ExitStack() as stack:
         try:

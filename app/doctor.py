@@ -9,7 +9,7 @@ import torch
 
 from app.settings import Settings
 from learner.encoder import load_encoder, looks_like_path, parameter_count
-from streams.connection import connect, embedded_dir, server_version
+from streams.connection import connect, embedded_dir, redacted, server_version
 
 
 def doctor_report(settings: Settings) -> list[tuple[str, str]]:
@@ -21,11 +21,15 @@ def doctor_report(settings: Settings) -> list[tuple[str, str]]:
     rows.append(("torch", f"{torch.__version__}, {torch.get_num_threads()} threads available"))
     rows.append(("thread budget", f"api {settings.api_threads}, learner {settings.learner_threads}"))
     client = connect(settings.redis_url, settings.data_dir)
-    where = settings.redis_url or f"embedded, files in {embedded_dir(settings.data_dir).resolve()}"
+    where = (
+        redacted(settings.redis_url)
+        if settings.redis_url
+        else f"embedded, files in {embedded_dir(settings.data_dir).resolve()}"
+    )
     rows.append(("redis", f"{where} (server {server_version(client)})"))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     rows.append(("data dir", str(settings.data_dir.resolve())))
-    rows.append(("snapshots", str(settings.snapshot_dir)))
+    rows.append(("snapshots", redacted(str(settings.snapshot_dir))))
     rows.append(("free disk", f"{shutil.disk_usage(settings.data_dir).free / 2**30:.1f} GiB"))
     return rows
 

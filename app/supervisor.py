@@ -30,9 +30,15 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
+# The learner serves no request: it never needs the API keys.
+_API_ONLY = {env_name("api_keys"), env_name("api_keys_file")}
+
+
 class LearnerChild:
     def __init__(self, settings: Settings) -> None:
-        self.env = settings_environment(settings)
+        self.env = {
+            name: value for name, value in settings_environment(settings).items() if name not in _API_ONLY
+        }
         self.process: subprocess.Popen | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="learner-child", daemon=True)

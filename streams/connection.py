@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -21,6 +22,16 @@ class RedisUnavailableError(RuntimeError):
     """No Redis server answered."""
 
 
+def redacted(url: str) -> str:
+    """`url` with any password replaced by `***`, for logs, errors and reports."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
+
+
 def embedded_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "redis"
 
@@ -35,7 +46,7 @@ def connect(redis_url: str, data_dir: Path) -> redis.Redis:
             socket_connect_timeout=5,
             health_check_interval=30,
         )
-        where = redis_url
+        where = redacted(redis_url)
     else:
         server = EmbeddedRedis(embedded_dir(data_dir))
         _checked(server, server.start)

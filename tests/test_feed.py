@@ -168,6 +168,16 @@ def test_without_the_feedback_scope_nothing_is_sent(
     assert service.client.xlen(service.keys.feedback) == 0
 
 
+def test_the_key_can_come_from_a_file_kept_out_of_the_process_list(service: Service, tmp_path: Path) -> None:
+    key_file = tmp_path / "feed.key"
+    key_file.write_text(f"# the feeding job's key\n{FEED_KEY}\n")
+    result = invoke(str(jsonl(tmp_path, examples(2))), "--url", service.url, "--api-key-file", str(key_file))
+    assert (result.exit_code, result.stdout) == (0, "accepted 2, duplicates 0, refused 0\n")
+    key_file.write_text("# none yet\n")
+    empty = invoke(str(jsonl(tmp_path, examples(2))), "--url", service.url, "--api-key-file", str(key_file))
+    assert empty.exit_code == 2 and "holds no key" in empty.stderr
+
+
 def test_json_summary_from_stdin(service: Service) -> None:
     lines = [*examples(2), '{"text": "no label here", "label": ""}', '["not", "an", "object"]']
     result = invoke(

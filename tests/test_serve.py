@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,8 +11,9 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import redis
 
-from bench.service import eventually, serving
+from bench.service import eventually, free_port, serve_log, serving
 
 
 @pytest.fixture
@@ -45,3 +48,84 @@ def test_a_killed_serve_leaves_no_learner_behind(tmp_path: Path, tiny_model_dir:
         child = learner_child(process)
         process.kill()
         child.wait(timeout=30)
+
+
+@pytest.fixture
+def password_redis(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A Redis server of the test's own that needs a password, and its URL with the password in it."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("no redis-server on this machine")
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--requirepass",
+            "hunter2",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://:hunter2@127.0.0.1:{port}/0"
+
+    def answers() -> bool:
+        try:
+            return redis.Redis.from_url(url).ping()
+        except redis.RedisError:
+            return False
+
+    eventually(answers, 30, "the password-protected Redis to start")
+    try:
+        yield server, url
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+
+
+def test_secrets_stay_out_of_the_learner_the_logs_and_the_readiness_answer(
+    tmp_path: Path, tiny_model_dir: Path, password_redis: tuple[subprocess.Popen, str]
+) -> None:
+    server, url = password_redis
+    with serving(tmp_path, model=tiny_model_dir, redis_url=url, api_keys="secret-admin-key:admin") as (
+        base,
+        serve,
+    ):
+        child = learner_child(serve)
+        assert "RETENTIVE_API_KEYS" not in child.environ() and "RETENTIVE_REDIS_URL" in child.environ()
+        server.kill()
+        server.wait(timeout=30)
+        answer = httpx.get(f"{base}/readyz", timeout=60)
+        assert answer.status_code == 503 and answer.json()["error"]["message"] == "redis unavailable"
+    log = serve_log(tmp_path).read_text()
+    assert "hunter2" not in log and "secret-admin-key" not in log
+
+
+def test_doctor_never_prints_the_redis_password(
+    tmp_path: Path, password_redis: tuple[subprocess.Popen, str]
+) -> None:
+    _, url = password_redis
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RETENTIVE_REDIS_URL": url}
+    result = subprocess.run(
+        ["retentive", "doctor", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert ":***@127.0.0.1" in result.stdout and "hunter2" not in result.stdout + result.stderr
+    wrong = url.replace("hunter2", "wrong-password")
+    refused = subprocess.run(
+        ["retentive", "doctor", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**env, "RETENTIVE_REDIS_URL": wrong},
+        timeout=120,
+    )
+    assert refused.returncode == 2 and "RETENTIVE_REDIS_URL" in refused.stderr
+    assert "wrong-password" not in refused.stderr and ":***@" in refused.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import redis
 from fastapi import APIRouter
@@ -12,6 +13,7 @@ from app.deps import HolderDep, RedisDep
 from app.errors import error_response
 
 router = APIRouter()
+log = logging.getLogger("retentive.api")
 
 
 @router.get("/healthz", summary="The process is up")
@@ -23,7 +25,9 @@ async def healthz() -> dict[str, str]:
 async def readyz(client: RedisDep, holder: HolderDep) -> JSONResponse:
     try:
         await asyncio.to_thread(client.ping)
-    except redis.RedisError as err:
-        return error_response(503, "redis_unavailable", f"Redis does not answer: {err}")
+    except redis.RedisError:
+        # The driver's message can name hosts and users; it goes to the log, not to unauthenticated callers.
+        log.warning("readyz: redis unavailable", exc_info=True)
+        return error_response(503, "redis_unavailable", "redis unavailable")
     served = holder.current
     return JSONResponse({"status": "ready", "model_version": served.version if served else None})
