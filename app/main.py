@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from app.auth import parse_api_keys
 from app.batching import PredictBatcher
 from app.errors import ApiError, install_error_handlers
+from app.headers import SecurityHeaders
 from app.limits import BodySizeLimit, Limits
 from app.metrics import ApiMetrics, RequestMetrics
 from app.pressure import LatencyWindow, report_pressure
@@ -69,7 +70,10 @@ def create_app(settings: Settings) -> FastAPI:
         await asyncio.to_thread(follower.join, 5)
         app.state.redis.close()
 
-    app = FastAPI(title="retentive", version=version("retentive"), lifespan=lifespan)
+    # /docs is served from local files (app/routes/docs.py); ReDoc would load from a CDN, so it is off.
+    app = FastAPI(
+        title="retentive", version=version("retentive"), lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.api_keys = parse_api_keys(settings.api_key_entries())
     app.state.settings = settings
     app.state.keys = keys
@@ -80,6 +84,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.limits = Limits(settings.max_inputs, settings.max_examples, settings.max_text_chars)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(SecurityHeaders)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

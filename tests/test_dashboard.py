@@ -148,6 +148,26 @@ def test_the_page_and_plotly_are_served_without_a_key(service: str) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
 
+def test_every_response_forbids_framing_sniffing_and_foreign_scripts(service: str) -> None:
+    for method, path, key in [
+        ("GET", "/dashboard", None),
+        ("GET", "/dashboard/dashboard.js", None),
+        ("GET", "/docs", None),
+        ("GET", "/v1/forgetting", PREDICTOR),
+        ("GET", "/v1/forgetting", None),
+        ("POST", "/v1/feedback", ADMIN),
+    ]:
+        headers = call(service, method, path, key=key).headers
+        policy = headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy, path
+        assert headers["x-content-type-options"] == "nosniff", path
+    assert (
+        "script-src 'self' 'sha256-"
+        in call(service, "GET", "/docs", key=None).headers["content-security-policy"]
+    )
+    assert call(service, "GET", "/redoc", key=None).status_code == 404
+
+
 # The page in a real browser.
 
 
@@ -355,3 +375,20 @@ def test_a_fresh_server_says_how_to_get_data(browser: Browser, tmp_path: Path, t
             assert tab.page.is_hidden(f"#{chart}") and tab.traces(chart) == []
         assert tab.page.is_hidden("#banner") and tab.page.inner_text("#t-version") == "none"
         assert tab.errors == []
+
+
+def test_the_api_docs_render_from_the_service_alone(browser: Browser, service: str) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    tab = Dashboard(page)
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    try:
+        page.goto(f"{service}/docs")
+        page.wait_for_selector(".opblock-summary-path", timeout=120_000)
+        paths = page.eval_on_selector_all(".opblock-summary-path", "nodes => nodes.map(n => n.textContent)")
+        assert "/v1/predict" in [path.replace("\u200b", "") for path in paths]
+        assert tab.errors == [], "no script or style was refused by the page's policy"
+        assert requested and all(url.startswith(service) for url in requested), requested
+    finally:
+        context.close()

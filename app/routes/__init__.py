@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from app.routes import (
     dashboard,
+    docs,
     feedback,
     forgetting,
     health,
@@ -26,4 +27,5 @@ ROUTERS = [
     learner.router,
     metrics.router,
     dashboard.router,
+    docs.router,
 ]
