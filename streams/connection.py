@@ -48,7 +48,7 @@ def connect(redis_url: str, data_dir: Path) -> redis.Redis:
         )
         where = redacted(redis_url)
     else:
-        server = EmbeddedRedis(embedded_dir(data_dir))
+        server = _embedded(data_dir)
         _checked(server, server.start)
         client = server.client(retry=_RETRY, retry_on_error=_RETRY_ON, health_check_interval=30)
         where = f"embedded Redis at {server.socket_path}"
@@ -66,12 +66,19 @@ def embedded_server(redis_url: str, data_dir: Path) -> Iterator[EmbeddedRedis | 
     if redis_url:
         yield None
         return
-    server = EmbeddedRedis(embedded_dir(data_dir))
+    server = _embedded(data_dir)
     _checked(server, server.acquire)
     try:
         yield server
     finally:
         server.release()
+
+
+def _embedded(data_dir: Path) -> EmbeddedRedis:
+    try:
+        return EmbeddedRedis(embedded_dir(data_dir))
+    except EmbeddedRedisError as err:
+        raise RedisUnavailableError(f"embedded Redis under {embedded_dir(data_dir)}: {err}") from err
 
 
 def _checked(server: EmbeddedRedis, start: Callable[[], bool]) -> None:

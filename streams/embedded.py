@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import stat
 import subprocess
 import tempfile
 import time
@@ -184,4 +185,26 @@ def _socket_path_for(directory: Path) -> Path:
     if len(str(natural)) <= _MAX_SOCKET_PATH:
         return natural
     digest = hashlib.sha256(str(directory).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"retentive-redis-{digest}.sock"
+    return _private_runtime_dir() / f"retentive-redis-{digest}.sock"
+
+
+def _private_runtime_dir() -> Path:
+    """A short directory only this user may enter, for sockets whose natural path is too long.
+
+    $XDG_RUNTIME_DIR when there is one; otherwise `retentive-<uid>` in the temp directory, created with mode
+    0700. That name is predictable, so another local user could create it first: one this user does not
+    own, that is a link, or that others may enter is refused rather than used.
+    """
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if runtime and len(runtime) <= _MAX_SOCKET_PATH - 40 and Path(runtime).is_dir():
+        return Path(runtime)
+    path = Path(tempfile.gettempdir()) / f"retentive-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise EmbeddedRedisError(
+            f"{path} is not a private directory of this user (another user made it, it is a link, or others "
+            "may enter it): remove it, or choose a shorter RETENTIVE_DATA_DIR"
+        )
+    return path

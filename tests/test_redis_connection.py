@@ -1,3 +1,6 @@
+import os
+import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -45,6 +48,41 @@ def test_long_data_dir_still_gets_a_usable_socket(tmp_path: Path) -> None:
         assert client.ping()
     finally:
         EmbeddedRedis(deep / "redis").stop()
+
+
+@pytest.fixture
+def shared_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A stand-in for the machine's shared temp directory, with no private runtime directory to prefer."""
+    shared = tmp_path / "tmp"
+    shared.mkdir(mode=0o1777)
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    return shared
+
+
+def test_a_long_data_dir_puts_its_socket_in_a_directory_only_this_user_may_enter(
+    tmp_path: Path, shared_tmp: Path
+) -> None:
+    deep = tmp_path / ("d" * 120)
+    server = EmbeddedRedis(deep / "redis")
+    assert server.socket_path.parent == shared_tmp / f"retentive-{os.getuid()}"
+    assert stat.S_IMODE(server.socket_path.parent.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("planted", ["open to others", "a link"])
+def test_a_socket_directory_planted_by_someone_else_is_refused(
+    tmp_path: Path, shared_tmp: Path, planted: str
+) -> None:
+    private = shared_tmp / f"retentive-{os.getuid()}"
+    if planted == "a link":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        private.symlink_to(tmp_path / "elsewhere")
+    else:
+        private.mkdir(mode=0o777)
+        private.chmod(0o777)
+    with pytest.raises(RedisUnavailableError, match="not a private directory of this user"):
+        connect("", tmp_path / ("d" * 120))
+    assert list((tmp_path / "elsewhere").iterdir() if planted == "a link" else private.iterdir()) == []
 
 
 def test_refused_url_is_reported() -> None:
