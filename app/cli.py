@@ -96,7 +96,7 @@ def serve(
     from app.main import create_app
     from app.supervisor import LearnerChild
     from learner.encoder import load_encoder
-    from streams.connection import connect
+    from streams.connection import connect, durability_warnings
 
     settings = _settings(model=model, data_dir=data_dir, redis_url=redis_url, host=host, port=port)
     open_access = not parse_api_keys(settings.api_key_entries())
@@ -108,7 +108,9 @@ def serve(
     with ExitStack() as stack:
         try:
             stack.enter_context(embedded_server(settings.redis_url, settings.data_dir))
-            connect(settings.redis_url, settings.data_dir).close()
+            client = connect(settings.redis_url, settings.data_dir)
+            warnings = durability_warnings(client)
+            client.close()
             load_encoder(settings.model)
         except ModelNotFoundError as err:
             _fail(f"RETENTIVE_MODEL: {err}")
@@ -116,6 +118,8 @@ def serve(
             _fail(f"RETENTIVE_REDIS_URL: {err}")
         if open_access:
             typer.echo(f"no API keys set: serving without authentication on {settings.host} only", err=True)
+        for warning in warnings:
+            typer.echo(f"warning: redis {warning}", err=True)
         child = LearnerChild(settings) if learner else None
         # uvicorn re-raises the SIGTERM it shut down on once it returns; as SystemExit it still lets the
         # learner child be stopped below (its last snapshot written), then the embedded Redis.

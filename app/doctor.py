@@ -9,7 +9,7 @@ import torch
 
 from app.settings import Settings
 from learner.encoder import load_encoder, looks_like_path, parameter_count
-from streams.connection import connect, embedded_dir, redacted, server_version
+from streams.connection import connect, durability_warnings, embedded_dir, redacted, server_version
 
 
 def doctor_report(settings: Settings) -> list[tuple[str, str]]:
@@ -27,6 +27,7 @@ def doctor_report(settings: Settings) -> list[tuple[str, str]]:
         else f"embedded, files in {embedded_dir(settings.data_dir).resolve()}"
     )
     rows.append(("redis", f"{where} (server {server_version(client)})"))
+    rows += [("warning", warning) for warning in durability_warnings(client)]
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     rows.append(("data dir", str(settings.data_dir.resolve())))
     rows.append(("snapshots", redacted(str(settings.snapshot_dir))))

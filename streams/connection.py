@@ -12,6 +12,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from streams.embedded import EmbeddedRedis, EmbeddedRedisError
+from streams.replies import as_text
 
 # Ride out a Redis restart or failover of a few seconds before reporting the server as gone.
 _RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=6)
@@ -99,3 +100,30 @@ def stop_embedded(data_dir: Path) -> None:
 
 def server_version(client: redis.Redis) -> str:
     return str(client.info("server")["redis_version"])
+
+
+def durability_warnings(client: redis.Redis) -> list[str]:
+    """What in the server's configuration can drop accepted feedback, each with the setting that fixes it."""
+    config: dict[str, str] = {}
+    try:
+        # One name per call: Redis before 7 reads a single pattern.
+        for name in ("maxmemory-policy", "appendonly", "save"):
+            config |= {as_text(key): as_text(value) for key, value in client.config_get(name).items()}
+    except redis.ResponseError:
+        return [
+            "CONFIG GET is not allowed on this server: check yourself that maxmemory-policy is noeviction "
+            "and that it persists (appendonly yes)"
+        ]
+    warnings = []
+    policy = config.get("maxmemory-policy", "noeviction")
+    if policy != "noeviction":
+        warnings.append(
+            f"maxmemory-policy is {policy}: when memory runs out Redis may evict accepted feedback or the "
+            "model's pointers; set maxmemory-policy noeviction"
+        )
+    if config.get("appendonly") != "yes" and not config.get("save"):
+        warnings.append(
+            'no persistence (appendonly no, save ""): a Redis restart loses every accepted entry not yet '
+            "in a snapshot; set appendonly yes"
+        )
+    return warnings

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from app.settings import load_settings
+from bench.service import eventually, free_port, serve_log, serving
 from learner.snapshots import SnapshotStore
 from streams.connection import stop_embedded
 from tests.conftest import TEST_REDIS_URL
@@ -53,6 +55,7 @@ def test_doctor_with_embedded_redis_reports_real_values(tmp_path: Path) -> None:
     assert re.match(r"\d+\.\d+\.\d+.*\d+ threads available", report["torch"])
     assert "22.7M" in result.stdout
     assert f"data dir          {tmp_path}" in result.stdout
+    assert "warning" not in result.stdout, "the embedded Redis persists every write and evicts nothing"
 
 
 @pytest.mark.skipif(not TEST_REDIS_URL, reason="RETENTIVE_TEST_REDIS_URL is not set")
@@ -135,3 +138,39 @@ def test_serve_refuses_a_key_file_of_only_comments(tmp_path: Path) -> None:
         result.stderr.startswith("error: RETENTIVE_API_KEYS_FILE: ")
         and "only blank lines or comments" in result.stderr
     )
+
+
+def test_doctor_and_serve_warn_of_a_redis_that_will_drop_feedback(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.skip("no redis-server on this machine")
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+            *("--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru"),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        eventually(lambda: run_cli("doctor", env={"RETENTIVE_REDIS_URL": url}).returncode == 0, 60, "Redis")
+        report = run_cli("doctor", "--data-dir", str(tmp_path), env={"RETENTIVE_REDIS_URL": url}).stdout
+        warnings = [line for line in report.splitlines() if line.startswith("warning")]
+        assert len(warnings) == 2, report
+        assert (
+            "maxmemory-policy is allkeys-lru" in warnings[0]
+            and "set maxmemory-policy noeviction" in warnings[0]
+        )
+        assert "no persistence" in warnings[1] and "set appendonly yes" in warnings[1]
+        with serving(tmp_path / "serve", model=tiny_model_dir, redis_url=url):
+            logged = serve_log(tmp_path / "serve").read_text()
+        assert (
+            "warning: redis maxmemory-policy is allkeys-lru" in logged
+            and "warning: redis no persistence" in logged
+        )
+    finally:
+        server.kill()
+        server.wait(timeout=30)
