@@ -8,11 +8,12 @@ from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.errors import ApiError
+from app.errors import ApiError, is_json
 
 # Declared so the OpenAPI schema tells clients how to authenticate; the check itself is `require`'s.
 BEARER = HTTPBearer(
@@ -54,8 +55,18 @@ def parse_api_keys(raw: str) -> dict[str, frozenset[Scope]]:
     return keys
 
 
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+# Methods a cross-site HTML form can send; with JSON required they need a CORS preflight, which is refused.
+_FORM_METHODS = {"POST", "PUT", "PATCH"}
+
+
 def require(scope: Scope) -> Callable[..., Awaitable[None]]:
-    """Dependency: 401 without a known key, 403 when the key lacks `scope`; open when no key is configured."""
+    """Dependency: 401 without a known key, 403 when the key lacks `scope`.
+
+    With no key configured the API is open, so it answers only requests addressed to a loopback host (a web
+    page that rebinds its own domain to 127.0.0.1 sends its own name as Host) and takes state-changing
+    requests only as JSON (which no cross-site form can send).
+    """
 
     # Async, though it waits for nothing: FastAPI runs a sync dependency in a worker thread, a hop that
     # costs more than the check itself on every request.
@@ -64,6 +75,7 @@ def require(scope: Scope) -> Callable[..., Awaitable[None]]:
     ) -> None:
         keys: dict[str, frozenset[Scope]] = request.app.state.api_keys
         if not keys:
+            _check_loopback_request(request)
             return
         granted = find_scopes(keys, credentials.credentials) if credentials else None
         if granted is None:
@@ -72,6 +84,25 @@ def require(scope: Scope) -> Callable[..., Awaitable[None]]:
             raise ApiError(403, "forbidden", f"this API key lacks the '{scope}' scope")
 
     return check
+
+
+def _check_loopback_request(request: Request) -> None:
+    host = urlsplit(f"//{request.headers.get('host', '')}").hostname or ""
+    # Bound to another address with --insecure, the operator chose to serve other names without keys.
+    if request.app.state.settings.host in LOOPBACK_HOSTS and host not in LOOPBACK_HOSTS:
+        raise ApiError(
+            403,
+            "forbidden",
+            "with no API keys this service answers only requests addressed to 127.0.0.1, localhost or "
+            f"[::1], not {host or 'a missing Host'}; set RETENTIVE_API_KEYS to serve other names",
+        )
+    if request.method in _FORM_METHODS and not is_json(request.headers.get("content-type")):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send 'Content-Type: application/json' (a body of {} when there is nothing to say): with no API "
+            "keys, state-changing requests are taken only as JSON, which no other web page can send",
+        )
 
 
 def find_scopes(keys: dict[str, frozenset[Scope]], presented: str) -> frozenset[Scope] | None:

@@ -13,7 +13,7 @@ from typing import Annotated, NoReturn
 import httpx
 import typer
 
-from app.auth import parse_api_keys
+from app.auth import LOOPBACK_HOSTS, parse_api_keys
 from app.client.feed import RetryPolicy, direct_sender, http_sender, open_input, progress_bar, service_url
 from app.client.feed import feed as feed_lines
 from app.settings import ConfigError, Settings, load_settings
@@ -27,7 +27,6 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 ModelOpt = Annotated[str | None, typer.Option(help="Model directory or hub name [RETENTIVE_MODEL].")]
 DataDirOpt = Annotated[Path | None, typer.Option(help="Data directory [RETENTIVE_DATA_DIR].")]
 RedisOpt = Annotated[str | None, typer.Option(help="Redis URL; empty for embedded [RETENTIVE_REDIS_URL].")]
@@ -100,7 +99,7 @@ def serve(
 
     settings = _settings(model=model, data_dir=data_dir, redis_url=redis_url, host=host, port=port)
     open_access = not parse_api_keys(settings.api_key_entries())
-    if open_access and settings.host not in LOOPBACK and not insecure:
+    if open_access and settings.host not in LOOPBACK_HOSTS and not insecure:
         _fail(
             f"RETENTIVE_HOST: {settings.host} is reachable from other machines and no API key is set; "
             "set RETENTIVE_API_KEYS or pass --insecure"

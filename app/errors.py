@@ -51,7 +51,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
         about_body = any(e["loc"][:1] == ("body",) for e in err.errors())
-        if about_body and not _is_json(request.headers.get("content-type")):
+        if about_body and not is_json(request.headers.get("content-type")):
             message = "send the request body as JSON, with 'Content-Type: application/json'"
             return error_response(415, "unsupported_media_type", message)
         problems = [{"field": _location(e["loc"]), "message": e["msg"]} for e in err.errors()]
@@ -84,7 +84,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return response
 
 
-def _is_json(content_type: str | None) -> bool:
+def is_json(content_type: str | None) -> bool:
     """Whether a Content-Type header names JSON (application/json or application/*+json)."""
     media = (content_type or "").partition(";")[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))

@@ -295,7 +295,7 @@ def service_figures(
             xadd = _xadd_rate(data_dir, sizes.ingest_batches)
             api_rss = _peak_rss_mb(process.pid)
             _post(client, records[64:])
-            client.post("/v1/learner/resume").raise_for_status()
+            client.post("/v1/learner/resume", json={}).raise_for_status()
             learning, paused = _learning_and_paused_latencies(client, texts, sizes)
         learner_rss = max(
             (_peak_rss_mb(child.pid) for child in psutil.Process(process.pid).children()), default=0.0
@@ -344,7 +344,7 @@ def _predicts(client: httpx.Client, text: str = "x") -> bool:
 
 
 def _pause(client: httpx.Client) -> None:
-    client.post("/v1/learner/pause").raise_for_status()
+    client.post("/v1/learner/pause", json={}).raise_for_status()
     eventually(lambda: _learner_state(client) == "paused", 120, "the learner to pause")
 
 
@@ -457,7 +457,7 @@ def _learning_and_paused_latencies(
         learning += _timed_phase(client, texts, sizes.phase_s)
         _pause(client)
         paused += _timed_phase(client, texts, sizes.phase_s)
-        client.post("/v1/learner/resume").raise_for_status()
+        client.post("/v1/learner/resume", json={}).raise_for_status()
     return learning, paused
 
 

@@ -129,3 +129,21 @@ def test_doctor_never_prints_the_redis_password(
     )
     assert refused.returncode == 2 and "RETENTIVE_REDIS_URL" in refused.stderr
     assert "wrong-password" not in refused.stderr and ":***@" in refused.stderr
+
+
+def test_without_keys_only_loopback_names_are_answered_and_changes_come_as_json(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    with serving(tmp_path, "--no-learner", model=tiny_model_dir) as (base, _):
+        rebound = httpx.get(f"{base}/v1/learner", headers={"Host": "attacker.example"})
+        assert rebound.status_code == 403 and "not attacker.example" in rebound.json()["error"]["message"]
+        for host in ("localhost", f"127.0.0.1:{base.rsplit(':', 1)[1]}", "[::1]:8000"):
+            assert httpx.get(f"{base}/v1/learner", headers={"Host": host}).status_code == 200, host
+
+        # What a cross-site HTML form can send: no JSON content type. It changes nothing.
+        form = httpx.post(f"{base}/v1/learner/pause", content="x=1", headers={"Content-Type": "text/plain"})
+        assert form.status_code == 415 and "application/json" in form.json()["error"]["message"]
+        assert httpx.get(f"{base}/v1/learner").json()["paused_reason"] is None
+        paused = httpx.post(f"{base}/v1/learner/pause", json={})
+        assert paused.status_code == 200 and paused.json()["paused_reason"] == "paused by an operator"
+        assert httpx.post(f"{base}/v1/learner/resume", json={}).json()["paused_reason"] is None
