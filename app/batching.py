@@ -4,6 +4,11 @@ Requests wait in a queue; a single worker task takes whole requests from it, up 
 them as one call of a synchronous `run` in a worker thread, so forward passes never contend for the CPU. When
 the worker is idle, the first request waits at most `max_wait_s` for company; when a backlog built up during
 the previous batch, the next batch is formed from it at once.
+
+The queue is bounded: a request that would take it past `max_queue` texts is refused at once (`QueueFull`)
+rather than left to wait behind work the machine cannot catch up with; one that waits longer than
+`timeout_s` gives up (`PredictTimeout`), and a request that leaves the queue before its batch starts costs no
+forward pass.
 """
 
 from __future__ import annotations
@@ -25,6 +30,19 @@ log = logging.getLogger("retentive.api")
 
 class BatcherClosedError(RuntimeError):
     """The batcher was closed before the request could run."""
+
+
+class QueueFull(RuntimeError):  # noqa: N818 - public API name
+    """The queue holds too many texts to take this request now."""
+
+    def __init__(self, queued: int, limit: int) -> None:
+        super().__init__(f"{queued} texts are waiting (limit {limit}); retry in a moment")
+        self.queued = queued
+        self.limit = limit
+
+
+class PredictTimeout(TimeoutError):  # noqa: N818 - public API name
+    """The request was not answered within the batcher's `timeout_s`."""
 
 
 @dataclass(eq=False)
@@ -53,6 +71,8 @@ class PredictBatcher(Generic[C, P]):
         max_batch: int,
         max_wait_s: float,
         on_batch: Callable[[int, float], None] | None = None,
+        max_queue: int | None = None,
+        timeout_s: float | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -62,6 +82,8 @@ class PredictBatcher(Generic[C, P]):
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
         self._on_batch = on_batch
+        self._max_queue = max_queue
+        self._timeout_s = timeout_s
         self._pending: deque[_Request[C, P]] = deque()
         self._queued = 0
         self._arrived = asyncio.Event()
@@ -77,6 +99,9 @@ class PredictBatcher(Generic[C, P]):
         """The batch's context and one result per text, in order; raises what `run` raised for the batch."""
         if self._closed:
             raise BatcherClosedError("the batcher is closed")
+        # An empty queue takes any request, so one as large as the request limit is never refused for good.
+        if self._max_queue is not None and self._queued and self._queued + len(texts) > self._max_queue:
+            raise QueueFull(self._queued, self._max_queue)
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._work())
         request: _Request[C, P] = _Request(list(texts), top_k, asyncio.get_running_loop().create_future())
@@ -84,13 +109,20 @@ class PredictBatcher(Generic[C, P]):
         self._queued += len(request.texts)
         self._arrived.set()
         try:
-            return await request.future
+            async with asyncio.timeout(self._timeout_s):
+                return await request.future
+        except TimeoutError:
+            self._withdraw(request)
+            raise PredictTimeout(f"not answered within {self._timeout_s:g} s; retry later") from None
         except asyncio.CancelledError:
-            # A caller that went away before its batch started must not cost a forward pass.
-            if request in self._pending:
-                self._pending.remove(request)
-                self._queued -= len(request.texts)
+            self._withdraw(request)
             raise
+
+    def _withdraw(self, request: _Request[C, P]) -> None:
+        """A caller that went away or gave up before its batch started must not cost a forward pass."""
+        if request in self._pending:
+            self._pending.remove(request)
+            self._queued -= len(request.texts)
 
     async def close(self) -> None:
         """Fail queued requests with `BatcherClosedError`, let a running batch finish, and stop the worker."""

@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.batching import PredictTimeout, QueueFull
 from app.schemas import ErrorBody
 from streams.producer import BacklogFull
 from streams.records import MalformedRecord
@@ -64,6 +65,20 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(
             422, "invalid_request", f"{field}: {err.reason}", [{"field": field, "message": err.reason}]
         )
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(_: Request, err: QueueFull) -> JSONResponse:
+        message = f"the service is busy: {err} (RETENTIVE_PREDICT_MAX_QUEUE)"
+        response = error_response(503, "busy", message)
+        response.headers["Retry-After"] = "1"
+        return response
+
+    @app.exception_handler(PredictTimeout)
+    async def timed_out(_: Request, err: PredictTimeout) -> JSONResponse:
+        message = f"the service is busy: {err} (RETENTIVE_PREDICT_TIMEOUT_S)"
+        response = error_response(503, "busy", message)
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.exception_handler(BacklogFull)
     async def backlog_full(_: Request, err: BacklogFull) -> JSONResponse:

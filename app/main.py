@@ -106,4 +106,6 @@ def _batcher(
         max_batch=settings.predict_max_batch,
         max_wait_s=settings.predict_max_wait_ms / 1000,
         on_batch=lambda size, _: metrics.batch_size.observe(size),
+        max_queue=settings.predict_max_queue,
+        timeout_s=settings.predict_timeout_s,
     )

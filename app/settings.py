@@ -188,6 +188,16 @@ class Settings(BaseSettings):
     predict_max_batch: int = Field(
         32, gt=0, le=4096, description="Most texts the API classifies in one forward pass (dynamic batching)."
     )
+    predict_max_queue: int = Field(
+        1024,
+        gt=0,
+        description="Most texts waiting for a forward pass; a predict request past it is refused (503).",
+    )
+    predict_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest a predict request waits for its answer before a 503 with Retry-After.",
+    )
     predict_max_wait_ms: float = Field(
         0.0,
         ge=0,

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from app.batching import BatcherClosedError, PredictBatcher
+from app.batching import BatcherClosedError, PredictBatcher, PredictTimeout, QueueFull
 from learner.classifier import TextClassifier
 from learner.encoder import tiny_bert
 
@@ -223,3 +223,42 @@ def test_batched_predictions_equal_predictions_one_text_at_a_time() -> None:
         trimmed = got.top[:top_k]
         assert [s.label for s in trimmed] == [s.label for s in alone.top]
         assert [s.score for s in trimmed] == pytest.approx([s.score for s in alone.top], abs=1e-5)
+
+
+def test_a_full_queue_refuses_at_once_and_takes_requests_again_once_it_drains() -> None:
+    model = FakeModel(delay_s=0.2)
+    batcher = PredictBatcher(model, max_batch=2, max_wait_s=0.0, max_queue=4)
+
+    async def scenario() -> tuple[list[tuple[int, list[str]]], tuple[int, list[str]]]:
+        running = asyncio.create_task(batcher.submit(["r0", "r1"], 1))
+        while not model.batches:
+            await asyncio.sleep(0.01)
+        queued = [asyncio.create_task(batcher.submit([f"q{i}"] * 2, 1)) for i in range(2)]
+        await asyncio.sleep(0)
+        assert batcher.queue_depth == 4
+        with pytest.raises(QueueFull, match="4 texts are waiting"):
+            await batcher.submit(["refused"], 1)
+        done = await asyncio.gather(running, *queued)
+        return done, await batcher.submit(["later"], 1)
+
+    done, later = asyncio.run(scenario())
+    assert [predictions for _, predictions in done] == [["r0:1", "r1:1"], ["q0:1"] * 2, ["q1:1"] * 2]
+    assert later[1] == ["later:1"] and all("refused" not in batch for batch in model.batches)
+
+
+def test_a_request_that_waits_past_its_timeout_gives_up_and_costs_no_forward_pass() -> None:
+    model = FakeModel(delay_s=0.5)
+    batcher = PredictBatcher(model, max_batch=1, max_wait_s=0.0, timeout_s=0.2)
+
+    async def scenario() -> list[object]:
+        running = asyncio.create_task(batcher.submit(["slow"], 1))
+        while not model.batches:
+            await asyncio.sleep(0.01)
+        behind = asyncio.create_task(batcher.submit(["behind"], 1))
+        answers = await asyncio.gather(running, behind, return_exceptions=True)
+        assert batcher.queue_depth == 0
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert all(isinstance(a, PredictTimeout) and "not answered within 0.2 s" in str(a) for a in answers)
+    assert model.batches == [["slow"]], "the request that gave up in the queue never reached the model"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -13,7 +15,9 @@ import psutil
 import pytest
 import redis
 
+from app.settings import Settings
 from bench.service import eventually, free_port, serve_log, serving
+from tests.services import write_snapshot
 
 
 @pytest.fixture
@@ -147,3 +151,30 @@ def test_without_keys_only_loopback_names_are_answered_and_changes_come_as_json(
         paused = httpx.post(f"{base}/v1/learner/pause", json={})
         assert paused.status_code == 200 and paused.json()["paused_reason"] == "paused by an operator"
         assert httpx.post(f"{base}/v1/learner/resume", json={}).json()["paused_reason"] is None
+
+
+def test_a_predict_queue_past_its_bound_answers_503_with_retry_after(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    write_snapshot(Settings(model=str(tiny_model_dir), data_dir=tmp_path))
+    with serving(
+        tmp_path, "--no-learner", model=tiny_model_dir, predict_max_queue=64, predict_max_batch=64
+    ) as (
+        base,
+        _,
+    ):
+        texts = [f"the match ended in a draw {i}" for i in range(64)]
+        start = threading.Barrier(16)
+
+        def ask(_: int) -> httpx.Response:
+            start.wait()
+            return httpx.post(f"{base}/v1/predict", json={"inputs": texts}, timeout=60)
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(ask, range(16)))
+    statuses = sorted({answer.status_code for answer in answers})
+    refused = [answer for answer in answers if answer.status_code == 503]
+    assert statuses == [200, 503], statuses
+    assert all(a.headers["retry-after"] == "1" and a.json()["error"]["code"] == "busy" for a in refused)
+    assert "RETENTIVE_PREDICT_MAX_QUEUE" in refused[0].json()["error"]["message"]
+    assert all(len(a.json()["predictions"]) == 64 for a in answers if a.status_code == 200)

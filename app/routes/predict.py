@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from collections.abc import Awaitable
+from typing import TypeVar
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from app.auth import Scope, require
 from app.deps import BatcherDep, LatenciesDep, LimitsDep, MetricsDep
-from app.errors import ERRORS
+from app.errors import ERRORS, ApiError
 from app.schemas import PredictRequest, PredictResponse
 
+T = TypeVar("T")
 router = APIRouter(responses=ERRORS)
 
 
@@ -22,6 +26,7 @@ router = APIRouter(responses=ERRORS)
     summary="Classify texts with the newest published weights",
 )
 async def predict(
+    request: Request,
     body: PredictRequest,
     batcher: BatcherDep,
     limits: LimitsDep,
@@ -30,7 +35,7 @@ async def predict(
 ) -> PredictResponse:
     limits.check_inputs(body.inputs)
     began = time.perf_counter()
-    served, predictions = await batcher.submit(body.inputs, body.top_k)
+    served, predictions = await _unless_the_client_leaves(request, batcher.submit(body.inputs, body.top_k))
     latencies.record(time.perf_counter() - began)
     metrics.predictions.inc(len(predictions))
     return PredictResponse(
@@ -46,3 +51,21 @@ async def predict(
             for p in predictions
         ],
     )
+
+
+async def _unless_the_client_leaves(request: Request, answer: Awaitable[T]) -> T:
+    """`answer`, withdrawn from the queue (so it costs no forward pass) if the client disconnects first."""
+    answering = asyncio.ensure_future(answer)
+    leaving = asyncio.ensure_future(_disconnect(request))
+    await asyncio.wait({answering, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    leaving.cancel()
+    if not answering.done():
+        answering.cancel()
+        raise ApiError(503, "client_gone", "the client disconnected before its answer was ready")
+    return answering.result()
+
+
+async def _disconnect(request: Request) -> None:
+    # The body is read: the next message on this connection is the client going away.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
