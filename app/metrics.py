@@ -20,6 +20,16 @@ class ApiMetrics:
             "retentive_feedback_examples", "Feedback examples by outcome", ["outcome"], registry=self.registry
         )
         self.model_version = Gauge("retentive_model_version", "Version being served", registry=self.registry)
+        self.versions_behind = Gauge(
+            "retentive_model_versions_behind",
+            "Published versions newer than the one served",
+            registry=self.registry,
+        )
+        self.refresh_failures = Gauge(
+            "retentive_model_refresh_failures",
+            "Times loading a newer version failed in this replica (the older one stayed in service)",
+            registry=self.registry,
+        )
         self.stream_lag = Gauge(
             "retentive_stream_lag",
             "Accepted entries not yet acknowledged by the learner",

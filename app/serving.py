@@ -4,6 +4,10 @@ A request takes one reference to the current `ServedModel` and uses it to the en
 model. New versions arrive by pub/sub on the model's versions channel, with a periodic check as fallback
 for a missed message; loading happens off the request path. Versions come from two stores, full snapshots
 and weights published between them, which share one sequence: the newest of either is served.
+
+A version that fails to load (a broken state file, weights of another shape, a store that errors) is logged
+and counted, the last good version stays in service, and loading is tried again at the next check. The
+holder also notes how far it is behind the newest published version, which `/readyz` reports.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from learner.classifier import Prediction, TextClassifier
 from learner.encoder import Encoder, load_encoder
 from learner.snapshots import MODEL, Snapshot, SnapshotStore
 from streams.keys import StreamKeys
-from streams.notify import subscribe_versions
+from streams.notify import latest_version, subscribe_versions
 
 log = logging.getLogger("retentive.api")
 
@@ -43,6 +47,9 @@ class ModelHolder:
         self.store = store
         self.published = published
         self.current: ServedModel | None = None
+        self.refresh_failures = 0
+        self.newest_published: int | None = None
+        self.behind_since: float | None = None
         self._loading = threading.Lock()
         self._base: Encoder | None = None
 
@@ -96,7 +103,42 @@ class ModelHolder:
                 announced = False
                 stop.wait(check_s)
             if announced or time.monotonic() >= next_check:
-                self.refresh()
+                self._refresh_or_keep_serving()
+                self._note_newest(client, keys)
                 next_check = time.monotonic() + check_s
         if pubsub is not None:
             pubsub.close()
+
+    def _refresh_or_keep_serving(self) -> None:
+        try:
+            self.refresh()
+        except Exception:
+            # Whatever broke the load, the version in service is still whole: keep it and try again later.
+            self.refresh_failures += 1
+            served = self.current.version if self.current else None
+            log.exception("could not load the newest version; still serving version %s", served)
+
+    def _note_newest(self, client: redis.Redis, keys: StreamKeys) -> None:
+        try:
+            newest = latest_version(client, keys)
+        except redis.RedisError:
+            return
+        self.newest_published = newest[0] if newest else None
+        if self.versions_behind() == 0:
+            self.behind_since = None
+        elif self.behind_since is None:
+            self.behind_since = time.monotonic()
+
+    def versions_behind(self) -> int:
+        """Published versions newer than the one served, as of the last check."""
+        served = self.current.version if self.current else 0
+        return max((self.newest_published or 0) - served, 0)
+
+    def staleness(self, max_versions: int, max_s: float) -> str | None:
+        """Why this replica is too far behind to be called ready, or None."""
+        behind = self.versions_behind()
+        if behind > max_versions:
+            return f"{behind} versions behind the newest published ({self.newest_published})"
+        if self.behind_since is not None and time.monotonic() - self.behind_since > max_s:
+            return f"behind the newest published version ({self.newest_published}) for over {max_s:g} s"
+        return None

@@ -188,6 +188,15 @@ class Settings(BaseSettings):
     predict_max_batch: int = Field(
         32, gt=0, le=4096, description="Most texts the API classifies in one forward pass (dynamic batching)."
     )
+    replica_max_lag_versions: int = Field(
+        3, ge=0, description="Published versions a replica may lag behind before /readyz answers 503."
+    )
+    replica_max_lag_s: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds a replica may serve an older version than the newest before /readyz "
+        "answers 503.",
+    )
     predict_max_queue: int = Field(
         1024,
         gt=0,

@@ -17,6 +17,9 @@ import redis
 
 from app.settings import Settings
 from bench.service import eventually, free_port, serve_log, serving
+from learner.snapshots import SnapshotStore
+from streams.connection import connect
+from streams.notify import publish_version
 from tests.services import write_snapshot
 
 
@@ -178,3 +181,36 @@ def test_a_predict_queue_past_its_bound_answers_503_with_retry_after(
     assert all(a.headers["retry-after"] == "1" and a.json()["error"]["code"] == "busy" for a in refused)
     assert "RETENTIVE_PREDICT_MAX_QUEUE" in refused[0].json()["error"]["message"]
     assert all(len(a.json()["predictions"]) == 64 for a in answers if a.status_code == 200)
+
+
+def test_a_version_that_fails_to_load_keeps_the_last_good_one_serving_and_readyz_says_stale(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    settings = Settings(model=str(tiny_model_dir), data_dir=tmp_path)
+    store, keys = SnapshotStore(settings.snapshot_dir), settings.stream_keys()
+    good = store.load(write_snapshot(settings))
+    lag = {"replica_max_lag_versions": 0, "replica_max_lag_s": 1}
+    with serving(tmp_path, "--no-learner", model=tiny_model_dir, **lag) as (base, _):
+        client = connect("", tmp_path)
+
+        def served() -> int | None:
+            return httpx.get(f"{base}/v1/model").json()["model_version"]
+
+        eventually(lambda: served() == good.manifest.version, 60, "the first version")
+        # Checksums hold, but the state names no labels: loading it raises, as a schema change would.
+        broken = store.save(good.tensors, {k: v for k, v in good.state.items() if k != "labels"})
+        publish_version(client, keys, broken.version, broken.id)
+        eventually(lambda: httpx.get(f"{base}/readyz").status_code == 503, 60, "readyz to report the lag")
+        stale = httpx.get(f"{base}/readyz").json()["error"]
+        assert stale["code"] == "stale" and "1 versions behind" in stale["message"]
+        assert served() == good.manifest.version
+        metrics = httpx.get(f"{base}/metrics").text
+        assert (
+            "retentive_model_refresh_failures" in metrics and "retentive_model_versions_behind 1.0" in metrics
+        )
+
+        fixed = store.save(good.tensors, good.state)
+        publish_version(client, keys, fixed.version, fixed.id)
+        eventually(lambda: served() == fixed.version, 60, "the follower to load the next good version")
+        assert httpx.get(f"{base}/readyz").status_code == 200
+        client.close()

@@ -20,6 +20,8 @@ async def prometheus(
 ) -> Response:
     served = holder.current
     metrics.model_version.set(served.version if served else 0)
+    metrics.versions_behind.set(holder.versions_behind())
+    metrics.refresh_failures.set(holder.refresh_failures)
     try:
         metrics.stream_lag.set(await run_in_threadpool(producer.backlog))
         counters = await run_in_threadpool(read_counters, client, keys)
