@@ -330,7 +330,9 @@ class LearnerLoop:
                 extra=self._extra_state(),
                 version=self._next_version(),
             )
-        except SnapshotError as err:
+        except Exception as err:
+            # A store may fail in any way (an object store's client error is no OSError): whatever it is,
+            # nothing was acknowledged, so keep learning and try again later rather than restart.
             self._snapshot_failed(err)
             return None
         crash_point("after_snapshot")
@@ -370,7 +372,7 @@ class LearnerLoop:
         self._mark_published()
         return manifest
 
-    def _snapshot_failed(self, err: SnapshotError) -> None:
+    def _snapshot_failed(self, err: Exception) -> None:
         self.state.counters.snapshot_failures += 1
         self._snapshot_retry_at = time.monotonic() + self.config.snapshot_retry_s
         log.error(
@@ -391,8 +393,8 @@ class LearnerLoop:
             return None
         try:
             manifest = self.learner.publish(self.published, self._next_version())
-        except SnapshotError as err:
-            # Serving waits for the next snapshot instead; learning goes on.
+        except Exception as err:
+            # Whatever the store raised, serving waits for the next snapshot instead; learning goes on.
             self.state.counters.publish_failures += 1
             log.error(json.dumps({"event": "publish_failed", "error": str(err)}))
             self._mark_published()

@@ -349,3 +349,26 @@ def test_the_pause_policy_pauses_learning_as_an_operator_would(
         eventually(lambda: running.loop.status == "paused", 120, "the alarm policy to pause learning")
         assert running.control.state().paused.startswith("forgetting alarm")
         assert running.loop.state.counters.rollbacks == 0
+
+
+def test_a_snapshot_store_failing_in_any_way_is_retried_and_nothing_is_lost(
+    tiny_encoder: Encoder, redis_client: redis.Redis, key_prefix: str, tmp_path: Path
+) -> None:
+    keys = StreamKeys(key_prefix, "m")
+    config = {"snapshot_every": 2, "snapshot_retry_s": 0.1}
+    with start_loop(tiny_encoder, redis_client, keys, tmp_path, **config) as running:
+        save, failures = running.loop.store.save, []
+
+        # An object store's client raises its own errors, not OSError; the fault is simulated here.
+        def failing_twice(*args: object, **kwargs: object) -> Manifest:
+            if len(failures) < 2:
+                failures.append(ValueError("the object store answered 500"))
+                raise failures[-1]
+            return save(*args, **kwargs)
+
+        running.loop.store.save = failing_twice
+        running.feed(24)
+        eventually(lambda: running.loop.store.list() != [], 60, "a snapshot once the store works again")
+        eventually(lambda: running.client.xpending(keys.feedback, "learners")["pending"] == 0, 60, "acks")
+        assert len(failures) == 2 and running.loop.state.counters.snapshot_failures == 2
+        assert running.applied() == 24
