@@ -230,6 +230,13 @@ def feed(
     ] = 120,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    truncate: Annotated[
+        bool,
+        typer.Option(
+            "--truncate",
+            help="Cut texts longer than RETENTIVE_MAX_TEXT_CHARS to it instead of refusing their lines.",
+        ),
+    ] = False,
 ) -> None:
     from streams.connection import connect
     from streams.producer import FeedbackProducer
@@ -269,6 +276,7 @@ def feed(
             limits=settings.record_limits(),
             retry=RetryPolicy(max_wait_s=max_wait),
             progress=progress,
+            truncate=truncate,
         )
     typer.echo(json.dumps(summary.as_dict()) if as_json else summary.report())
     if summary.stopped:

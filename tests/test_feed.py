@@ -178,6 +178,19 @@ def test_the_key_can_come_from_a_file_kept_out_of_the_process_list(service: Serv
     assert empty.exit_code == 2 and "holds no key" in empty.stderr
 
 
+def test_truncate_cuts_a_long_text_to_the_limit_instead_of_refusing_its_line(
+    service: Service, tmp_path: Path
+) -> None:
+    review = json.dumps({"text": "a long review " * 800, "label": "long", "id": "long-1"})
+    path = jsonl(tmp_path, [review, *examples(1)])
+    refused = invoke(str(path), "--url", service.url, "--api-key", FEED_KEY)
+    assert refused.exit_code == 1 and "line 1: text: at most 10000 characters (got 11200)" in refused.stdout
+    cut = invoke(str(path), "--url", service.url, "--api-key", FEED_KEY, "--truncate")
+    assert (cut.exit_code, cut.stdout) == (0, "accepted 1, duplicates 1, refused 0, truncated 1\n")
+    stored = [e for e in entries(service.client, service.keys) if e.get("id") == "long-1"]
+    assert [len(e["text"]) for e in stored] == [10_000]
+
+
 def test_json_summary_from_stdin(service: Service) -> None:
     lines = [*examples(2), '{"text": "no label here", "label": ""}', '["not", "an", "object"]']
     result = invoke(
@@ -191,6 +204,7 @@ def test_json_summary_from_stdin(service: Service) -> None:
             {"line": 3, "reason": "label: must not be empty"},
             {"line": 4, "reason": "must be a JSON object (got array)"},
         ],
+        "truncated": 0,
         "stopped": None,
     }
 

@@ -90,6 +90,7 @@ class FeedSummary:
     accepted: int = 0
     duplicates: int = 0
     refused: list[Refusal] = field(default_factory=list)
+    truncated: int = 0
     stopped: str | None = None
 
     @property
@@ -104,12 +105,14 @@ class FeedSummary:
             "accepted": self.accepted,
             "duplicates": self.duplicates,
             "refused": [{"line": r.line, "reason": r.reason} for r in self.refused],
+            "truncated": self.truncated,
             "stopped": self.stopped,
         }
 
     def report(self, shown: int = SHOWN_REFUSALS) -> str:
         """The counts, then the first `shown` refused lines."""
-        lines = [f"accepted {self.accepted}, duplicates {self.duplicates}, refused {len(self.refused)}"]
+        counts = f"accepted {self.accepted}, duplicates {self.duplicates}, refused {len(self.refused)}"
+        lines = [counts + (f", truncated {self.truncated}" if self.truncated else "")]
         lines += [f"line {r.line}: {r.reason}" for r in self.refused[:shown]]
         if len(self.refused) > shown:
             lines.append(f"... and {len(self.refused) - shown} more")
@@ -127,8 +130,9 @@ class RetryPolicy:
 DEFAULT_RETRY = RetryPolicy()
 
 
-def parse_line(raw: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> FeedbackRecord:
-    """The checked record on one line, or InvalidLineError saying what is wrong with it."""
+def parse_line(raw: bytes, limits: RecordLimits = DEFAULT_LIMITS, truncate: bool = False) -> FeedbackRecord:
+    """The checked record on one line, or InvalidLineError saying what is wrong with it. With `truncate`, a
+    text longer than the limit is cut to it (the model cuts long texts at its token limit anyway)."""
     try:
         text = raw.rstrip(b"\r\n").decode("utf-8")
     except UnicodeDecodeError as err:
@@ -150,6 +154,8 @@ def parse_line(raw: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> FeedbackRec
     for name, item in value.items():
         if not isinstance(item, str) and not (item is None and name not in REQUIRED):
             raise InvalidLineError(f"{name}: must be a string (got {_json_type(item)})")
+    if truncate:
+        value["text"] = value["text"][: limits.max_text_chars]
     record = FeedbackRecord(**value)
     try:
         record.validate(limits)
@@ -167,6 +173,7 @@ def feed(
     retry: RetryPolicy = DEFAULT_RETRY,
     progress: Progress | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    truncate: bool = False,
 ) -> FeedSummary:
     """Check every line against `limits`, send the good ones `batch_size` at a time, and count the outcome.
 
@@ -181,7 +188,10 @@ def feed(
     for number, raw in enumerate(lines, start=1):
         if raw.strip():
             try:
-                batch.append((number, parse_line(raw, limits)))
+                record = parse_line(raw, limits, truncate)
+                at_limit = truncate and len(record.text) == limits.max_text_chars
+                summary.truncated += at_limit and _was_cut(raw, record)
+                batch.append((number, record))
             except InvalidLineError as err:
                 summary.refused.append(Refusal(number, str(err)))
         if len(batch) == batch_size:
@@ -410,3 +420,7 @@ def _json_type(value: object) -> str:
 def _advance(progress: Progress | None, lines: int) -> None:
     if progress is not None and lines:
         progress.update(lines)
+
+
+def _was_cut(raw: bytes, record: FeedbackRecord) -> bool:
+    return len(json.loads(raw)["text"]) > len(record.text)
