@@ -319,8 +319,7 @@ class LearnerLoop:
         None when the write failed: the error is logged and counted, nothing is acknowledged, and the next
         attempt comes after `snapshot_retry_s`.
         """
-        if not self.lease.renew():
-            raise LeaseLostError(self.keys.lease)
+        self._hold_lease()
         crash_point("before_snapshot")
         began = time.monotonic()
         try:
@@ -336,10 +335,15 @@ class LearnerLoop:
             self._snapshot_failed(err)
             return None
         crash_point("after_snapshot")
+        # A learner whose lease went while it wrote must leave acknowledging, trimming and announcing to the
+        # new holder, which recovers from the newest snapshot whatever it holds: each is checked for itself.
+        self._hold_lease()
         acked = self.consumer.ack_through(self.state.cursor) if self.state.cursor else 0
         # Keep what the previous snapshot lacks, in case this one turns out unreadable (see `_recover`).
         previous, self._durable_cursor = self._durable_cursor, self.state.cursor
+        self._hold_lease()
         trimmed = self.consumer.trim(previous, self.config.retention) if previous else 0
+        self._hold_lease()
         publish_version(
             self.client, self.keys, manifest.version, manifest.id, rolled_back_to=self._take_rollback_note()
         )
@@ -372,6 +376,11 @@ class LearnerLoop:
         self._mark_published()
         return manifest
 
+    def _hold_lease(self) -> None:
+        """Raise LeaseLostError unless this learner still holds the lease (renewing it)."""
+        if not self.lease.renew():
+            raise LeaseLostError(self.keys.lease)
+
     def _snapshot_failed(self, err: Exception) -> None:
         self.state.counters.snapshot_failures += 1
         self._snapshot_retry_at = time.monotonic() + self.config.snapshot_retry_s
@@ -400,6 +409,7 @@ class LearnerLoop:
             self._mark_published()
             self._publish_counters()
             return None
+        self._hold_lease()
         note = self._take_rollback_note()
         publish_version(self.client, self.keys, manifest.version, manifest.id, "weights", rolled_back_to=note)
         self._publish_counters()

@@ -372,3 +372,27 @@ def test_a_snapshot_store_failing_in_any_way_is_retried_and_nothing_is_lost(
         eventually(lambda: running.client.xpending(keys.feedback, "learners")["pending"] == 0, 60, "acks")
         assert len(failures) == 2 and running.loop.state.counters.snapshot_failures == 2
         assert running.applied() == 24
+
+
+def test_a_learner_that_lost_its_lease_while_writing_acknowledges_and_announces_nothing(
+    tiny_encoder: Encoder, redis_client: redis.Redis, key_prefix: str, tmp_path: Path
+) -> None:
+    keys = StreamKeys(key_prefix, "m")
+    with start_loop(tiny_encoder, redis_client, keys, tmp_path, snapshot_every=2) as running:
+        save, taken = running.loop.store.save, []
+
+        # Another learner took the lease while this one wrote (a pause longer than the lease's ttl).
+        def overtaken(*args: object, **kwargs: object) -> Manifest:
+            manifest = save(*args, **kwargs)
+            redis_client.set(keys.lease, "the-new-holder", px=60_000)
+            taken.append(manifest)
+            return manifest
+
+        running.loop.store.save = overtaken
+        eventually(lambda: running.loop.leading, 60, "the learner to lead")
+        running.feed(24)
+        eventually(lambda: taken and not running.loop.leading, 60, "the learner to step down")
+    assert len(taken) == 1, "it stopped after the write that overlapped the new holder's lease"
+    assert redis_client.xpending(keys.feedback, "learners")["pending"] > 0, "nothing was acknowledged"
+    assert all(event["snapshot_id"] != taken[0].id for event in recent_versions(redis_client, keys))
+    assert redis_client.get(keys.lease) == b"the-new-holder"
