@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
+from collections.abc import Iterator
 from contextlib import ExitStack
 from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import httpx
+import redis
 import typer
 
 from app.auth import LOOPBACK_HOSTS, parse_api_keys
@@ -182,6 +185,75 @@ def pin(
     typer.echo(
         f"{manifest.id} (version {manifest.version}) is {'pinned' if manifest.pinned else 'not pinned'}"
     )
+
+
+dead_letters = typer.Typer(help="See what went to the dead-letter stream and why, and put entries back.")
+cli.add_typer(dead_letters, name="dead-letters")
+
+
+@dead_letters.command("list")
+def list_dead(
+    limit: Annotated[int, typer.Option(min=1, help="Most dead letters to show, oldest first.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per dead letter.")] = False,
+    data_dir: DataDirOpt = None,
+    redis_url: RedisOpt = None,
+) -> None:
+    """Each dead letter: its ID, the entry's original stream ID, why, and the entry's text and label."""
+    from streams.dead_letters import list_dead_letters
+
+    with _redis(data_dir, redis_url) as (client, settings):
+        letters = list_dead_letters(client, settings.stream_keys(), limit)
+    for letter in letters:
+        fields = letter.readable_fields()
+        if as_json:
+            row = {"dead_id": letter.dead_id, "stream_id": letter.stream_id, "reason": letter.reason}
+            typer.echo(json.dumps({**row, "fields": fields}))
+        else:
+            typer.echo(f"{letter.dead_id}  {letter.reason}  {json.dumps(fields)[:200]}")
+
+
+@dead_letters.command("requeue")
+def requeue_dead(
+    ids: Annotated[list[str] | None, typer.Option("--id", help="A dead letter's ID (repeatable).")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False,
+    data_dir: DataDirOpt = None,
+    redis_url: RedisOpt = None,
+) -> None:
+    """Put dead letters back on the feedback stream, their ids' duplicate check cleared; exit 1 if any could
+    not be (still malformed, or no such dead letter)."""
+    from streams.dead_letters import requeue
+    from streams.producer import FeedbackProducer
+
+    if bool(ids) == every:
+        _fail("name the dead letters with --id (repeatable), or pass --all")
+    with _redis(data_dir, redis_url) as (client, settings):
+        keys = settings.stream_keys()
+        producer = FeedbackProducer(
+            client, keys, max_backlog=settings.max_backlog, limits=settings.record_limits()
+        )
+        outcome = requeue(client, keys, producer, None if every else ids)
+    for dead_id, stream_id in outcome.requeued.items():
+        typer.echo(f"{dead_id}: requeued as {stream_id}")
+    for dead_id, reason in outcome.refused.items():
+        typer.echo(f"{dead_id}: not requeued: {reason}", err=True)
+    if outcome.refused:
+        raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _redis(data_dir: Path | None, redis_url: str | None) -> Iterator[tuple[redis.Redis, Settings]]:
+    from streams.connection import connect
+
+    settings = _settings(data_dir=data_dir, redis_url=redis_url)
+    with embedded_server(settings.redis_url, settings.data_dir):
+        try:
+            client = connect(settings.redis_url, settings.data_dir)
+        except RedisUnavailableError as err:
+            _fail(f"RETENTIVE_REDIS_URL: {err}")
+        try:
+            yield client, settings
+        finally:
+            client.close()
 
 
 FEED_HELP = (

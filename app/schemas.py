@@ -265,3 +265,20 @@ class ErrorDetail(Strict):
 
 class ErrorBody(Strict):
     error: ErrorDetail
+
+
+class DeadLetterInfo(Strict):
+    dead_id: str = Field(description="Its ID in the dead-letter stream; name it to requeue it.")
+    stream_id: str = Field(description="The entry's ID in the feedback stream.")
+    reason: str = Field(description="Why the learner could not use it.")
+    fields: dict[str, str] = Field(description="The entry's fields as stored (text, label, id, ...).")
+
+
+class RequeueRequest(Strict):
+    ids: list[str] | None = Field(None, min_length=1, description="Dead letters to put back, by dead_id.")
+    all: bool = Field(False, description="Put every dead letter back.")
+
+
+class RequeueReport(Strict):
+    requeued: dict[str, str] = Field(description="dead_id to the entry's new ID in the feedback stream.")
+    refused: dict[str, str] = Field(description="dead_id to why it stayed (still malformed, no such ID).")

@@ -39,6 +39,11 @@ class StreamKeys:
         return self._key("applying")
 
     @property
+    def requeued(self) -> str:
+        """Hash: dead letters an operator put back on the stream, to the ID each got there."""
+        return self._key("requeued")
+
+    @property
     def failures(self) -> str:
         """Hash: times applying an entry failed (the learner died while applying its micro-batch), by ID."""
         return self._key("failures")

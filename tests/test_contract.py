@@ -48,6 +48,8 @@ SCOPES = {
     ("DELETE", "/v1/probes/{name}"): "admin",
     ("POST", "/v1/learner/pause"): "admin",
     ("POST", "/v1/learner/resume"): "admin",
+    ("GET", "/v1/dead-letters"): "admin",
+    ("POST", "/v1/dead-letters/requeue"): "admin",
     ("GET", "/healthz"): None,
     ("GET", "/readyz"): None,
     ("GET", "/metrics"): None,
@@ -56,6 +58,7 @@ BODIES = {
     "/v1/predict": {"inputs": ["a short text"]},
     "/v1/feedback": {"examples": [{"text": "a short text", "label": "news"}]},
     "/v1/probes/{name}": {"examples": [{"text": "a probe text", "label": "news"}]},
+    "/v1/dead-letters/requeue": {"all": True},
 }
 
 

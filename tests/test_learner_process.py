@@ -3,6 +3,7 @@ nothing twice; a standby takes over; a Redis restart is ridden out; bad entries 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -155,3 +156,43 @@ def test_learn_without_redis_is_one_clear_line(tiny_model_dir: Path, tmp_path: P
     )
     assert result.returncode == 2
     assert result.stderr.startswith("error: RETENTIVE_REDIS_URL: cannot reach redis://127.0.0.1:1/0")
+
+
+def dead_letters_cli(harness: LearnerHarness, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["retentive", "dead-letters", *args], env=harness.env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_an_operator_requeues_a_dead_letter_once_its_cause_is_fixed(harness: LearnerHarness) -> None:
+    harness.env["RETENTIVE_MAX_LABELS"] = "4"
+    fed = feed(harness, 0, 40)
+    science = FeedbackRecord(text="the probe measured the comet's dust", label="science", id="sci-1")
+    producer = FeedbackProducer(harness.client, harness.keys)
+    producer.add([science])
+    process = harness.start()
+    try:
+        harness.wait_for(settled(harness, fed + 1), 120, "the stream consumed, the fifth label dead-lettered")
+    finally:
+        stop_cleanly(process)
+    [letter] = [json.loads(line) for line in dead_letters_cli(harness, "list", "--json").stdout.splitlines()]
+    assert "past its cap of 4" in letter["reason"] and letter["fields"]["label"] == "science"
+    assert producer.add([science]).duplicates == 1, "its id still blocks sending it again"
+
+    assert dead_letters_cli(harness, "requeue").returncode == 2, "naming nothing requeues nothing"
+    harness.env["RETENTIVE_MAX_LABELS"] = "5"
+    requeued = dead_letters_cli(harness, "requeue", "--id", letter["dead_id"])
+    assert requeued.returncode == 0 and f"{letter['dead_id']}: requeued as" in requeued.stdout
+    assert dead_letters_cli(harness, "list").stdout == "", "a requeued dead letter is not listed again"
+    again = dead_letters_cli(harness, "requeue", "--all")
+    assert again.returncode == 0 and again.stdout == "", "nor requeued twice"
+    process = harness.start()
+    try:
+        harness.wait_for(
+            lambda: harness.counters().get("applied", 0) + harness.counters().get("held_out", 0) == fed + 1,
+            timeout=120,
+            what="the requeued entry to be applied",
+        )
+    finally:
+        stop_cleanly(process)
+    assert "science" in harness.final_state()["labels"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from app.routes import (
     dashboard,
+    dead_letters,
     docs,
     feedback,
     forgetting,
@@ -27,5 +28,6 @@ ROUTERS = [
     learner.router,
     metrics.router,
     dashboard.router,
+    dead_letters.router,
     docs.router,
 ]
