@@ -243,13 +243,18 @@ def test_without_a_key_the_page_says_which_key_it_needs(browser: Browser, servic
     with dashboard(browser, service) as tab:
         tab.page.wait_for_selector("#banner:not([hidden])")
         banner = tab.page.inner_text("#banner")
-        assert "needs an API key" in banner and "predict" in banner and "this browser only" in banner
+        assert "needs an API key" in banner and "predict" in banner and "this tab only" in banner
         assert tab.page.is_hidden("#empty") and tab.traces("accuracy-chart") == []
 
         tab.use_key(PREDICTOR)
         tab.wait_for_chart("accuracy-chart")
         assert tab.page.is_hidden("#banner")
-        assert tab.page.evaluate("localStorage.getItem('retentive.apiKey')") == PREDICTOR
+        stored = "[sessionStorage, localStorage].map(s => s.getItem('retentive.apiKey'))"
+        assert tab.page.evaluate(stored) == [PREDICTOR, None], "kept in this tab only unless remembered"
+        tab.page.check("#remember-key")
+        tab.use_key(PREDICTOR)
+        assert tab.page.evaluate(stored) == [None, PREDICTOR]
+        assert tab.page.inner_text("#key-note") == "key set, remembered in this browser"
         # The browser logs each refused request; nothing else may go wrong.
         assert all("401" in error for error in tab.errors), tab.errors
 

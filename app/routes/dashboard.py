@@ -2,7 +2,8 @@
 
 Nothing is built or fetched at run time: the page, its script and stylesheet ship in app/static, and plotly.js
 is served from the installed `plotly` package. The page needs no key; it asks for one in the browser (kept in
-localStorage only) when the data routes answer 401, and sends it as `Authorization: Bearer`.
+sessionStorage, or localStorage when the user ticks "remember") when the data routes answer 401, and sends it
+as `Authorization: Bearer`.
 """
 
 from __future__ import annotations

@@ -23,8 +23,11 @@ class ApiError extends Error {
   }
 }
 
+// The key lives in this tab only (sessionStorage) unless the user ticks "remember" (localStorage).
+const storedKey = () => sessionStorage.getItem(KEY_STORE) ?? localStorage.getItem(KEY_STORE);
+
 async function api(path, options = {}) {
-  const key = localStorage.getItem(KEY_STORE);
+  const key = storedKey();
   const headers = { ...options.headers, ...(key ? { Authorization: `Bearer ${key}` } : {}) };
   const response = await fetch(path, { ...options, headers });
   const body = await response.json().catch(() => null);
@@ -68,7 +71,8 @@ async function refresh() {
 function explainFailure(err) {
   if (err.status === 401) {
     banner("This service needs an API key to show its data. Enter a key with the predict (or admin) " +
-      "scope above: it is kept in this browser only and sent as Authorization: Bearer.");
+      "scope above: it is kept in this tab only (in this browser if you tick remember) and sent as " +
+      "Authorization: Bearer.");
     return true;
   }
   if (err.status === 403) {
@@ -340,8 +344,11 @@ function drawGate(learner) {
 }
 
 function showKeyState() {
-  const key = localStorage.getItem(KEY_STORE);
-  $("key-note").textContent = key ? "key set, kept in this browser only" : "kept in this browser only";
+  const key = storedKey();
+  const remembered = localStorage.getItem(KEY_STORE) !== null;
+  $("remember-key").checked = remembered;
+  $("key-note").textContent = !key ? "kept in this tab only, unless remembered"
+    : remembered ? "key set, remembered in this browser" : "key set, kept in this tab only";
   const auth = key ? " \\\n     -H 'Authorization: Bearer YOUR_KEY'" : "";
   $("empty-example").textContent = `curl -X POST ${location.origin}/v1/feedback${auth} \\\n` +
     "     -H 'content-type: application/json' \\\n" +
@@ -354,8 +361,9 @@ function plotWorst() {
 }
 
 function useKey(key) {
-  if (key) localStorage.setItem(KEY_STORE, key);
-  else localStorage.removeItem(KEY_STORE);
+  sessionStorage.removeItem(KEY_STORE);
+  localStorage.removeItem(KEY_STORE);
+  if (key) ($("remember-key").checked ? localStorage : sessionStorage).setItem(KEY_STORE, key);
   $("api-key").value = "";
   showKeyState();
   refresh();
