@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from bench import long_stream
+
 
 def plot_cl_results(result: dict[str, Any], path: Path) -> None:
     """One accuracy-matrix heatmap per strategy and a bar chart of AA and forgetting, in one figure."""
@@ -20,8 +22,10 @@ def plot_cl_results(result: dict[str, Any], path: Path) -> None:
     lines = -(-panels // columns)
     figure, axes = plt.subplots(lines, columns, figsize=(4.4 * columns, 4.2 * lines), squeeze=False)
     cells = list(axes.flat)
+    # The long stream's rows are its segments; a manifest order's rows are its tasks.
+    segments = list(long_stream.SCHEDULE) if result["order"] == long_stream.NAME else tasks
     for axis, (spec, row) in zip(cells, rows.items(), strict=False):
-        _heatmap(axis, row["matrix"], tasks, row, spec)
+        _heatmap(axis, row["matrix"], tasks, segments, row, spec)
     _bars(cells[len(rows)], rows)
     for axis in cells[panels:]:
         axis.set_visible(False)
@@ -31,14 +35,22 @@ def plot_cl_results(result: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
-def _heatmap(axis: Any, matrix: list[list[float]], tasks: list[str], row: dict[str, Any], spec: str) -> None:
+def _heatmap(
+    axis: Any,
+    matrix: list[list[float]],
+    tasks: list[str],
+    segments: list[str],
+    row: dict[str, Any],
+    spec: str,
+) -> None:
     axis.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
     for i, line in enumerate(matrix):
         for j, value in enumerate(line):
             colour = "white" if value < 0.6 else "k"
             axis.text(j, i, f"{value:.2f}", ha="center", va="center", color=colour, fontsize=8)
     axis.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=8)
-    stages = [f"q{i + 1}" for i in range(len(matrix))] if row["joint"] else tasks
+    epochs = row.get("epochs", 1)
+    stages = [f"{epochs} epoch{'' if epochs == 1 else 's'}"] if row["joint"] else segments
     axis.set_yticks(range(len(matrix)), [f"after {s}" for s in stages], fontsize=8)
     axis.set_title(f"{spec}\n{row['loss']}, {row['head']}: AA {row['aa']:.3f}", fontsize=9)
 

@@ -1,6 +1,8 @@
 """README tables rendered from the result files, so that no sentence can drift from its numbers.
 
     python -m bench.tables arrival     # the tables of the README's "Feedback as people send it"
+    python -m bench.tables long        # "The long stream": settings chosen on dev, three seeds on test
+    python -m bench.tables stream      # "Forgetting on a task-free stream": order1 to order3
 
 Each table is printed as Markdown; tests/test_bench.py checks that the README holds exactly what this prints.
 """
@@ -11,9 +13,17 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+from statistics import mean
+
+from bench import long_stream
 
 RESULTS = Path(__file__).parent / "results"
 ARRIVAL_DIR = RESULTS / "arrival"
+LONG_DIR = RESULTS / "long"
+TUNING_DIR = RESULTS / "tuning"
+# Student's t at 97.5% for 1 to 9 degrees of freedom: a 95% interval of a mean over 2 to 10 seeds.
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262)
+GATED = ("migu", "migu+replay")
 
 
 def mean_sd(values: list[float], digits: int = 3) -> str:
@@ -66,12 +76,202 @@ def arrival_stream_table(files: list[Path]) -> str:
     return "\n".join(rows)
 
 
+def interval(values: list[float]) -> float:
+    """Half the width of the 95% interval of the mean of `values` (one per seed)."""
+    return T_975[len(values) - 2] * statistics.stdev(values) / len(values) ** 0.5
+
+
+def difference(name: str, other: str, by_seed: dict[str, dict[int, float]]) -> str:
+    """The paired difference of AA between two strategies over the seeds both ran, and what it means."""
+    seeds = sorted(by_seed[name].keys() & by_seed[other].keys())
+    gaps = [100 * (by_seed[name][seed] - by_seed[other][seed]) for seed in seeds]
+    if len(gaps) < 2:
+        return f"`{name}` against `{other}`: {mean(gaps):+.1f} points of AA (one seed: no interval)"
+    gap, half = mean(gaps), interval(gaps)
+    verdict = "within the noise" if abs(gap) <= half else ("ahead" if gap > 0 else "behind")
+    return (
+        f"`{name}` against `{other}`: {gap:+.1f} ± {half:.1f} points of AA "
+        f"(paired over {len(seeds)} seeds, 95% interval): {verdict}"
+    )
+
+
+def tuning_table(tuned: dict) -> str:
+    """Every point of the grid with its dev AA, the chosen one of each strategy in bold, and what the gate
+    adds to plain fine-tuning at each learning rate both were run at."""
+    rows = [
+        f"| strategy | spec | dev AA (seed {', '.join(map(str, tuned['seeds']))}) |",
+        "|---|---|---:|",
+    ]
+    for name, specs in tuned["grid"].items():
+        for spec in specs:
+            aa = f"{statistics.mean(tuned['dev_aa'][spec]):.3f}"
+            mark = "**" if spec == tuned["chosen"][name] else ""
+            rows.append(f"| {name} | {mark}`{spec}`{mark} | {aa} |")
+    gains = _gate_gains(tuned)
+    if gains:
+        rows.append(f"\nDev AA of `migu` minus `sgd` at the same learning rate, in points: {gains}.")
+    return "\n".join(rows)
+
+
+def _gate_gains(tuned: dict) -> str:
+    """`lr: gain` for each learning rate the grid ran both `sgd` and `migu` at."""
+    plain = {spec.partition("@")[2]: spec for spec in tuned["grid"].get("sgd", [])}
+    gains = []
+    for gated in tuned["grid"].get("migu", []):
+        setting = gated.partition("@")[2]
+        if setting in plain:
+            # Rounded first, then + 0.0: a difference of zero prints as +0.0, not -0.0.
+            gain = 100 * (mean(tuned["dev_aa"][gated]) - mean(tuned["dev_aa"][plain[setting]]))
+            gain = round(gain, 1) + 0.0
+            gains.append(f"{setting.removeprefix('lr=')}: {gain:+.1f}")
+    return ", ".join(gains)
+
+
+def _long_row(name: str, spec: str, runs: list[dict], joint: dict[int, float]) -> str:
+    cells = [name, f"`{spec}`", str(len(runs)), mean_sd([r["aa"] for r in runs])]
+    if runs[0]["joint"]:
+        epochs = ", ".join(str(r["epochs"]) for r in runs)
+        cells += ["n/a", "n/a", f"n/a (epochs: {epochs})", "1"]
+    else:
+        ratios = [r["aa"] / joint[r["seed"]] for r in runs if r["seed"] in joint]
+        cells += [
+            mean_sd([r["forgetting"] for r in runs]),
+            mean_sd([r["bwt"] for r in runs]),
+            mean_sd([r["prequential"]["cumulative"] for r in runs]),
+            mean_sd(ratios) if ratios else "n/a",
+        ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def long_table(files: list[Path], tuned: dict) -> str:
+    """Each chosen spec over seeds on the test split, its AA against joint's, and what the gate changes."""
+    rows_by_spec: dict[str, list[dict]] = {}
+    for path in files:
+        result = json.loads(path.read_text())
+        for spec, row in result["strategies"].items():
+            rows_by_spec.setdefault(spec, []).append({**row, "seed": result["config"]["seed"]})
+    runs = {
+        name: sorted(rows_by_spec.get(spec, []), key=lambda r: r["seed"])
+        for name, spec in tuned["chosen"].items()
+    }
+    runs = {name: listed for name, listed in runs.items() if listed}
+    aa = {name: {row["seed"]: row["aa"] for row in listed} for name, listed in runs.items()}
+    joint = aa.get("joint", {})
+    rows = [
+        "| strategy | spec | seeds | AA | forgetting | BWT | prequential accuracy | AA / joint AA |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+        *(_long_row(name, tuned["chosen"][name], listed, joint) for name, listed in runs.items()),
+    ]
+    continual = [name for name, listed in runs.items() if not listed[0]["joint"]]
+
+    def best(names: list[str]) -> str:
+        return max(names, key=lambda name: statistics.mean(aa[name].values()))
+
+    gated, ungated = (
+        best([n for n in continual if n in GATED]),
+        best([n for n in continual if n not in GATED]),
+    )
+    pairs = [("migu", "sgd"), ("replay", "sgd"), ("migu+replay", "replay"), (gated, ungated)]
+    pairs += [("joint", best(continual))] if joint else []
+    lines = [f"Best continual strategy by mean AA: `{best(continual)}`; best gated: `{gated}`."]
+    lines += [f"- {difference(a, b, aa)}" for a, b in dict.fromkeys(pairs)]
+    return "\n".join(rows) + "\n\n" + "\n".join(lines)
+
+
+def returns_table(files: list[Path], tuned: dict) -> str:
+    """For the groups that come back: accuracy just before their second segment and just after it."""
+    rows = [
+        "| strategy | accuracy on a returning group just before it returns | just after |",
+        "|---|---:|---:|",
+    ]
+    for name, spec in tuned["chosen"].items():
+        before, after = [], []
+        for path in files:
+            result = json.loads(path.read_text())
+            row = result["strategies"].get(spec)
+            if row is None or row["joint"]:
+                continue
+            for column, group in enumerate(result["tasks"]):
+                seen = [i for i, segment in enumerate(long_stream.SCHEDULE) if segment == group]
+                if len(seen) > 1:
+                    before.append(row["matrix"][seen[1] - 1][column])
+                    after.append(row["matrix"][seen[1]][column])
+        if before:
+            rows.append(f"| {name} | {mean(before):.3f} | {mean(after):.3f} |")
+    return "\n".join(rows)
+
+
+STREAM_STRATEGIES = ("sgd", "migu", "replay", "migu+replay", "joint")
+
+
+def _by_strategy(path: Path) -> tuple[dict, dict[str, dict]]:
+    """A result file and its rows keyed by strategy name (each file holds one spec per strategy)."""
+    result = json.loads(path.read_text())
+    rows = {spec.partition("@")[0]: row for spec, row in result["strategies"].items()}
+    return result, rows
+
+
+def stream_table(files: list[Path]) -> str:
+    """One row per order: AA / forgetting / BWT of each strategy, the best continual AA in bold."""
+    rows = [
+        "| order | tasks | " + " | ".join(f"`{name}`" for name in STREAM_STRATEGIES) + " |",
+        "|---|---|" + "---:|" * len(STREAM_STRATEGIES),
+    ]
+    for path in files:
+        result, by_name = _by_strategy(path)
+        best = max((n for n, r in by_name.items() if not r["joint"]), key=lambda n: by_name[n]["aa"])
+        cells = []
+        for name in STREAM_STRATEGIES:
+            row = by_name.get(name)
+            text = "n/a" if row is None else f"{row['aa']:.3f} / {row['forgetting']:.3f} / {row['bwt']:+.3f}"
+            cells.append(f"**{text}**" if name == best else text)
+        rows.append(f"| {result['order']} | {' → '.join(result['tasks'])} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def seeds_table(by_order: dict[str, list[Path]]) -> str:
+    """`sgd` against `migu` over the seeds of each order: means, the paired AA difference, forgetting."""
+    rows = [
+        "| order | seeds | `sgd` AA | `migu` AA | `migu` minus `sgd` AA (95% interval) | `sgd` forgetting "
+        "| `migu` forgetting | forgetting ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for order, files in by_order.items():
+        runs = [_by_strategy(path)[1] for path in files]
+        aa = {name: [run[name]["aa"] for run in runs] for name in ("sgd", "migu")}
+        lost = {name: mean(run[name]["forgetting"] for run in runs) for name in ("sgd", "migu")}
+        gaps = [100 * (m - s) for m, s in zip(aa["migu"], aa["sgd"], strict=True)]
+        rows.append(
+            f"| {order} | {len(runs)} | {mean(aa['sgd']):.3f} | {mean(aa['migu']):.3f} "
+            f"| {mean(gaps):+.2f} ± {interval(gaps):.2f} points | {lost['sgd']:.3f} | {lost['migu']:.3f} "
+            f"| {lost['migu'] / lost['sgd']:.2f}x |"
+        )
+    return "\n".join(rows)
+
+
+def stream() -> str:
+    orders = ("order1", "order2", "order3")
+    seeds = {
+        order: [RESULTS / f"cl_stream_{order}.json", *sorted(RESULTS.glob(f"cl_stream_seed*_{order}.json"))]
+        for order in orders
+    }
+    return (
+        stream_table([RESULTS / f"cl_stream_{order}.json" for order in orders]) + "\n\n" + seeds_table(seeds)
+    )
+
+
+def long() -> str:
+    tuned = json.loads((TUNING_DIR / "long.json").read_text())
+    files = sorted(LONG_DIR.glob("seed*.json"))
+    return "\n\n".join([tuning_table(tuned), long_table(files, tuned), returns_table(files, tuned)])
+
+
 def arrival() -> str:
     service = json.loads((RESULTS / "arrival_service.json").read_text())
     return arrival_service_table(service) + "\n\n" + arrival_stream_table(sorted(ARRIVAL_DIR.glob("*.json")))
 
 
-TABLES = {"arrival": arrival}
+TABLES = {"arrival": arrival, "long": long, "stream": stream}
 
 
 def main(argv: list[str] | None = None) -> None:

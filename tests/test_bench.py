@@ -139,9 +139,18 @@ def test_cl_stream_rows_record_arrival_and_prequential_accuracy(tmp_path: Path, 
     assert 0.0 <= row["prequential"]["cumulative"] <= 1.0 and row["prequential"]["scored"] > 0
 
 
-def test_the_readme_arrival_tables_are_rendered_from_the_result_files() -> None:
+@pytest.mark.parametrize("table", sorted(tables.TABLES))
+def test_the_readme_results_tables_are_rendered_from_the_result_files(table: str) -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert tables.arrival() in readme, "regenerate with: python -m bench.tables arrival"
+    assert tables.TABLES[table]() in readme, f"regenerate with: python -m bench.tables {table}"
+
+
+def test_a_difference_within_its_interval_is_called_noise_and_one_beyond_it_is_not() -> None:
+    close = {"a": {0: 0.70, 1: 0.72, 2: 0.69}, "b": {0: 0.71, 1: 0.70, 2: 0.70}}
+    assert tables.difference("a", "b", close).endswith("within the noise")
+    apart = {"a": {0: 0.75, 1: 0.76, 2: 0.74}, "b": {0: 0.70, 1: 0.70, 2: 0.70}}
+    assert "+5.0 ± 2.5 points" in tables.difference("a", "b", apart)
+    assert tables.difference("a", "b", apart).endswith("ahead")
 
 
 def test_the_dev_split_is_carved_from_train_and_never_trained_on(cl_stream_dir: Path) -> None:
