@@ -26,8 +26,12 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.details = status, code, message, details
 
 
-def error_response(status: int, code: str, message: str, details: object = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "details": details}}, status_code=status)
+def error_response(
+    status: int, code: str, message: str, details: object = None, retry_after_s: int | None = None
+) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    body = {"error": {"code": code, "message": message, "details": details}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -66,26 +70,18 @@ def install_error_handlers(app: FastAPI) -> None:
             422, "invalid_request", f"{field}: {err.reason}", [{"field": field, "message": err.reason}]
         )
 
-    @app.exception_handler(QueueFull)
-    async def queue_full(_: Request, err: QueueFull) -> JSONResponse:
-        message = f"the service is busy: {err} (RETENTIVE_PREDICT_MAX_QUEUE)"
-        response = error_response(503, "busy", message)
-        response.headers["Retry-After"] = "1"
-        return response
+    async def busy(_: Request, err: Exception) -> JSONResponse:
+        full = isinstance(err, QueueFull)
+        setting = "RETENTIVE_PREDICT_MAX_QUEUE" if full else "RETENTIVE_PREDICT_TIMEOUT_S"
+        return error_response(503, "busy", f"the service is busy: {err} ({setting})", retry_after_s=1)
 
-    @app.exception_handler(PredictTimeout)
-    async def timed_out(_: Request, err: PredictTimeout) -> JSONResponse:
-        message = f"the service is busy: {err} (RETENTIVE_PREDICT_TIMEOUT_S)"
-        response = error_response(503, "busy", message)
-        response.headers["Retry-After"] = "1"
-        return response
+    app.add_exception_handler(QueueFull, busy)
+    app.add_exception_handler(PredictTimeout, busy)
 
     @app.exception_handler(BacklogFull)
     async def backlog_full(_: Request, err: BacklogFull) -> JSONResponse:
         message = f"the learner is {err.backlog} entries behind (limit {err.limit}); retry later"
-        response = error_response(503, "backlog_full", message)
-        response.headers["Retry-After"] = str(err.retry_after_s)
-        return response
+        return error_response(503, "backlog_full", message, retry_after_s=err.retry_after_s)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, err: Exception) -> JSONResponse:

@@ -130,9 +130,12 @@ class RetryPolicy:
 DEFAULT_RETRY = RetryPolicy()
 
 
-def parse_line(raw: bytes, limits: RecordLimits = DEFAULT_LIMITS, truncate: bool = False) -> FeedbackRecord:
-    """The checked record on one line, or InvalidLineError saying what is wrong with it. With `truncate`, a
-    text longer than the limit is cut to it (the model cuts long texts at its token limit anyway)."""
+def parse_line(
+    raw: bytes, limits: RecordLimits = DEFAULT_LIMITS, truncate: bool = False
+) -> tuple[FeedbackRecord, bool]:
+    """The checked record on one line and whether its text was cut, or InvalidLineError saying what is
+    wrong with it. With `truncate`, a text longer than the limit is cut to it (the model cuts long texts at
+    its token limit anyway)."""
     try:
         text = raw.rstrip(b"\r\n").decode("utf-8")
     except UnicodeDecodeError as err:
@@ -154,14 +157,15 @@ def parse_line(raw: bytes, limits: RecordLimits = DEFAULT_LIMITS, truncate: bool
     for name, item in value.items():
         if not isinstance(item, str) and not (item is None and name not in REQUIRED):
             raise InvalidLineError(f"{name}: must be a string (got {_json_type(item)})")
-    if truncate:
+    cut = truncate and len(value["text"]) > limits.max_text_chars
+    if cut:
         value["text"] = value["text"][: limits.max_text_chars]
     record = FeedbackRecord(**value)
     try:
         record.validate(limits)
     except MalformedRecord as err:
         raise InvalidLineError(str(err)) from None
-    return record
+    return record, cut
 
 
 def feed(
@@ -188,9 +192,8 @@ def feed(
     for number, raw in enumerate(lines, start=1):
         if raw.strip():
             try:
-                record = parse_line(raw, limits, truncate)
-                at_limit = truncate and len(record.text) == limits.max_text_chars
-                summary.truncated += at_limit and _was_cut(raw, record)
+                record, cut = parse_line(raw, limits, truncate)
+                summary.truncated += cut
                 batch.append((number, record))
             except InvalidLineError as err:
                 summary.refused.append(Refusal(number, str(err)))
@@ -420,7 +423,3 @@ def _json_type(value: object) -> str:
 def _advance(progress: Progress | None, lines: int) -> None:
     if progress is not None and lines:
         progress.update(lines)
-
-
-def _was_cut(raw: bytes, record: FeedbackRecord) -> bool:
-    return len(json.loads(raw)["text"]) > len(record.text)
