@@ -114,17 +114,19 @@ class GatedAdamW(Optimizer):
         beta1, beta2 = group["betas"]
 
         if rows is None:
-            (denom,) = self._row_buffers(p, p.shape[0], 1)
-            denom_scale, denom_shift = _denominator_factors(step.add_(1.0), p, group)
+            step.add_(1.0)
             p.mul_(1.0 - lr * weight_decay)
             exp_avg.lerp_(grad, 1.0 - beta1)
             exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+            if lr == 0.0:  # the step size is folded into the denominator, which has no value at lr 0
+                return
+            (denom,) = self._row_buffers(p, p.shape[0], 1)
+            denom_scale, denom_shift = _denominator_factors(step, p, group)
             torch.sqrt(exp_avg_sq, out=denom).div_(denom_scale).add_(denom_shift)
             p.addcdiv_(exp_avg, denom)
             return
 
         rows_step = step.index_select(0, rows).add_(1.0)
-        denom_scale, denom_shift = _denominator_factors(rows_step, p, group)
         # Copies of the kept rows are updated, and only their increments are added back with
         # index_add_ (several times cheaper than index_copy_ on CPU); rows left out are never written.
         rows_p, rows_g, rows_m, rows_v, work = self._row_buffers(p, rows.numel(), 5)
@@ -140,7 +142,11 @@ class GatedAdamW(Optimizer):
         torch.mul(rows_g, rows_g, out=work).sub_(rows_v)
         rows_v.add_(work, alpha=1.0 - beta2)
         exp_avg_sq.index_add_(0, rows, work, alpha=1.0 - beta2)
+        step.index_copy_(0, rows, rows_step)
+        if lr == 0.0:
+            return
 
+        denom_scale, denom_shift = _denominator_factors(rows_step, p, group)
         torch.sqrt(rows_v, out=work).div_(denom_scale).add_(denom_shift)
         if weight_decay != 0.0:
             torch.index_select(p, 0, rows, out=rows_p)
@@ -148,7 +154,6 @@ class GatedAdamW(Optimizer):
         else:
             torch.div(rows_m, work, out=rows_p)
         p.index_add_(0, rows, rows_p)
-        step.index_copy_(0, rows, rows_step)
 
 
 def _update_dense(items: list[tuple[Tensor, Tensor, dict]], group: dict) -> None:

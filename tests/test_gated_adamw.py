@@ -200,3 +200,22 @@ def test_closure_is_evaluated() -> None:
 
     assert opt.step(closure=closure) == 4.0
     assert (weight < 1.0).all()
+
+
+def test_a_zero_learning_rate_moves_no_weight_and_still_tracks_the_moments() -> None:
+    model = _model()
+    layer = model[0]
+    opt = GatedAdamW(model.parameters(), **{**HYPER, "lr": 0.0})
+    before = [p.detach().clone() for p in model.parameters()]
+    keep = torch.tensor([True, False, False, True, False, True])
+    # Dense state first, then per-row state through a partial and a full mask; a row whose gradient is
+    # zero (an unused token's embedding) has no second moment to divide by.
+    masks_per_step = [None, {layer.weight: keep}, {layer.weight: keep | ~keep}]
+    for grads, masks in zip(_grads(model, 3), masks_per_step, strict=True):
+        grads[0][0] = 0.0
+        _set_grads(model, grads)
+        opt.step(masks)
+    for p, p0 in zip(model.parameters(), before, strict=True):
+        assert torch.equal(p, p0)
+    assert torch.equal(opt.state[layer.weight]["step"], torch.where(keep, 3.0, 2.0))
+    assert (opt.state[layer.weight]["exp_avg_sq"][1:] > 0).all()
