@@ -30,9 +30,9 @@ WAYS = {"batched": 16, "trickle": 1}
 PUBLISH_SETTLE_S = 12.0
 
 
-def examples(task: str, per_label: int, seed: int) -> list[dict[str, str]]:
+def examples(task: str, per_label: int, seed: int, root: Path | None = None) -> list[dict[str, str]]:
     """`per_label` training examples of every label of `task`, shuffled by `seed`, each with an id."""
-    records = read_split(task, "train")
+    records = read_split(task, "train", root=root)
     random.Random(seed).shuffle(records)
     chosen: dict[str, list[dict[str, str]]] = {}
     for record in records:
