@@ -9,6 +9,11 @@ The queue is bounded: a request that would take it past `max_queue` texts is ref
 rather than left to wait behind work the machine cannot catch up with; one that waits longer than
 `timeout_s` gives up (`PredictTimeout`), and a request that leaves the queue before its batch starts costs no
 forward pass.
+
+A request of more than `max_batch` texts is split into parts of at most `max_batch`, queued together, so no
+forward pass grows past the batch limit and no request holds the model longer than a batch does. Its parts
+must be answered by one model: when `run` returned different contexts for them (the model was swapped
+between two parts), the request runs again, whole, as one batch.
 """
 
 from __future__ import annotations
@@ -104,25 +109,39 @@ class PredictBatcher(Generic[C, P]):
             raise QueueFull(self._queued, self._max_queue)
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._work())
-        request: _Request[C, P] = _Request(list(texts), top_k, asyncio.get_running_loop().create_future())
-        self._pending.append(request)
-        self._queued += len(request.texts)
+        size = self._max_batch
+        answers = await self._answer(
+            [texts[start : start + size] for start in range(0, len(texts), size)], top_k
+        )
+        if any(context is not answers[0][0] for context, _ in answers):
+            answers = await self._answer([texts], top_k)
+        return answers[0][0], [result for _, results in answers for result in results]
+
+    async def _answer(self, parts: list[list[str]], top_k: int) -> list[tuple[C, list[P]]]:
+        """Queue the parts together and wait for all of them, withdrawing those not started on giving up."""
+        loop = asyncio.get_running_loop()
+        requests: list[_Request[C, P]] = [_Request(list(part), top_k, loop.create_future()) for part in parts]
+        self._pending.extend(requests)
+        self._queued += sum(len(request.texts) for request in requests)
         self._arrived.set()
         try:
             async with asyncio.timeout(self._timeout_s):
-                return await request.future
+                return [await request.future for request in requests]
         except TimeoutError:
-            self._withdraw(request)
+            self._abandon(requests)
             raise PredictTimeout(f"not answered within {self._timeout_s:g} s; retry later") from None
-        except asyncio.CancelledError:
-            self._withdraw(request)
+        except BaseException:
+            self._abandon(requests)
             raise
 
-    def _withdraw(self, request: _Request[C, P]) -> None:
-        """A caller that went away or gave up before its batch started must not cost a forward pass."""
-        if request in self._pending:
-            self._pending.remove(request)
-            self._queued -= len(request.texts)
+    def _abandon(self, requests: list[_Request[C, P]]) -> None:
+        """A caller that went away or gave up before its batch started must not cost a forward pass; the
+        answers of its parts already running are dropped."""
+        for request in requests:
+            if request in self._pending:
+                self._pending.remove(request)
+                self._queued -= len(request.texts)
+            request.future.cancel()
 
     async def close(self) -> None:
         """Fail queued requests with `BatcherClosedError`, let a running batch finish, and stop the worker."""

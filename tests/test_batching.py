@@ -83,22 +83,47 @@ def test_a_lone_request_is_answered_after_the_wait() -> None:
     assert model.batches == [["solo"]]
 
 
-def test_a_request_larger_than_max_batch_runs_alone_and_whole() -> None:
-    model = FakeModel()
+class VersionedModel:
+    """Answers with the version it serves as context; `swap_after` calls, a new version takes over."""
+
+    def __init__(self, swap_after: int | None = None) -> None:
+        self.versions = [object(), object()]
+        self.swap_after = swap_after
+        self.batches: list[list[str]] = []
+
+    def __call__(self, texts: list[str], top_k: int) -> tuple[object, list[str]]:
+        self.batches.append(list(texts))
+        swapped = self.swap_after is not None and len(self.batches) > self.swap_after
+        return self.versions[swapped], answers(texts, top_k)
+
+
+def test_a_request_larger_than_max_batch_is_split_into_batches_and_answered_in_order() -> None:
+    model = VersionedModel()
     batcher = PredictBatcher(model, max_batch=4, max_wait_s=0.01)
     big = [f"big{i}" for i in range(10)]
 
-    async def scenario() -> list[tuple[int, list[str]]]:
+    async def scenario() -> list[tuple[object, list[str]]]:
         return await asyncio.gather(
             batcher.submit(["a"], 1), batcher.submit(big, 1), batcher.submit(["b"], 1)
         )
 
     small_a, whole, small_b = asyncio.run(scenario())
 
-    assert whole[1] == answers(big, 1)
-    assert model.batches[whole[0] - 1] == big
-    assert small_a[1] == ["a:1"]
-    assert small_b[1] == ["b:1"]
+    assert whole == (model.versions[0], answers(big, 1))
+    assert all(len(batch) <= 4 for batch in model.batches)
+    assert [text for batch in model.batches for text in batch if text.startswith("big")] == big
+    assert small_a[1] == ["a:1"] and small_b[1] == ["b:1"]
+
+
+def test_a_split_request_whose_parts_met_two_versions_is_answered_again_by_one() -> None:
+    model = VersionedModel(swap_after=1)
+    batcher = PredictBatcher(model, max_batch=4, max_wait_s=0.01)
+    big = [f"big{i}" for i in range(10)]
+
+    version, predictions = asyncio.run(batcher.submit(big, 2))
+
+    assert (version, predictions) == (model.versions[1], answers(big, 2))
+    assert model.batches[-1] == big  # the second time whole, in one batch
 
 
 def test_an_error_reaches_every_submitter_of_its_batch_and_later_batches_still_run() -> None:
