@@ -77,7 +77,20 @@ class ProbeReport(BaseModel):
     size: int | None = Field(description="Examples in the probe set.")
     accuracy: float | None = Field(description="Accuracy at the latest evaluation.")
     best_accuracy: float | None = Field(description="Best accuracy so far.")
-    forgetting: float | None = Field(description="best_accuracy minus accuracy.")
+    forgetting: float | None = Field(
+        description="best_accuracy minus the accuracy now of the same examples (a held-out set still "
+        "growing has more); best_accuracy is the reference evaluation's, which moves to a later one only "
+        "when that is significantly better or the set has grown without a significant drop."
+    )
+    forgetting_p_value: float | None = Field(
+        None,
+        description="Chance of a drop at least this large with nothing forgotten (one-sided exact McNemar "
+        "test on the examples that changed); an alarm needs it below 0.01.",
+    )
+    accuracy_interval: list[float] | None = Field(None, description="95% Wilson interval of the accuracy.")
+    forgetting_interval: list[float] | None = Field(
+        None, description="95% interval of the forgetting (paired over the probe's examples)."
+    )
     history: list[HistoryPoint] = Field(description="Accuracy over time.")
 
 

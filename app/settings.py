@@ -105,6 +105,12 @@ class Settings(BaseSettings):
         description="Most examples in a probe set: held-out sets stop growing there, registered ones are "
         "refused above it.",
     )
+    probe_min_size: int = Field(
+        _LEARNER.probe_min_size,
+        gt=0,
+        description="Fewest examples a held-out probe set needs before it is evaluated (capped at "
+        "RETENTIVE_PROBE_SIZE): below 50 a forgetting of 0.2 can rarely be told from noise.",
+    )
     eval_every: int = Field(
         _LEARNER.eval_every, gt=0, description="Evaluate the probes every this many updates."
     )

@@ -3,6 +3,7 @@
     python -m bench.tables arrival     # the tables of the README's "Feedback as people send it"
     python -m bench.tables long        # "The long stream": settings chosen on dev, three seeds on test
     python -m bench.tables stream      # "Forgetting on a task-free stream": order1 to order3
+    python -m bench.tables alarms      # "Forgetting alarms": false alarms and detection
 
 Each table is printed as Markdown; tests/test_bench.py checks that the README holds exactly what this prints.
 """
@@ -271,7 +272,31 @@ def arrival() -> str:
     return arrival_service_table(service) + "\n\n" + arrival_stream_table(sorted(ARRIVAL_DIR.glob("*.json")))
 
 
-TABLES = {"arrival": arrival, "long": long, "stream": stream}
+def alarms() -> str:
+    """False alarms per rule where nothing is forgotten, and how soon a forgotten label is caught."""
+    result = json.loads((RESULTS / "false_alarms.json").read_text())
+    scenarios = result["scenarios"]
+    streams = result["streams"]
+    lines = [
+        "| rule | frozen model | churning model | forgotten label caught | evaluations to its alarm "
+        "| false alarms in those streams |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for rule in ("paired", "max", "before"):
+        cells = [
+            f"{scenarios[name][rule]['per_1000']:.1f} ({scenarios[name][rule]['streams_with_alarm']})"
+            for name in ("frozen", "churn")
+        ]
+        flip = scenarios["flip"][rule]
+        delay = mean(flip["evaluations_to_alarm"]) if flip["evaluations_to_alarm"] else float("nan")
+        lines.append(
+            f"| {rule} | {cells[0]} | {cells[1]} | {flip['detected']} of {streams} | {delay:.1f} "
+            f"| {flip['false_alarms']} |"
+        )
+    return "\n".join(lines)
+
+
+TABLES = {"alarms": alarms, "arrival": arrival, "long": long, "stream": stream}
 
 
 def main(argv: list[str] | None = None) -> None:

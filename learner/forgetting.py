@@ -1,8 +1,17 @@
 """Forgetting measured on probe sets over time, with no task boundaries, and classic task-based metrics.
 
-A probe's forgetting is its best accuracy so far minus its current accuracy; its backward transfer (BWT)
-is its current accuracy minus its first. The tracker keeps these per probe over a stream of evaluations
-and raises an alarm when a probe's forgetting crosses a threshold.
+A probe set's texts never change once it is evaluated, so two evaluations compare example by example. Of
+the examples right at the reference evaluation, b are wrong now; of those wrong then, c are right now. The
+probe's forgetting is the reference accuracy minus the current one, (b - c) / n, and it is significant
+when b is more than chance would give out of the b + c that changed (one-sided exact binomial test,
+McNemar's, at `SIGNIFICANCE`). Pairing removes the spread between examples that two independent accuracies
+would carry, so a real drop shows on far fewer examples.
+
+`best` is not the maximum of noisy estimates, which rises with every evaluation by luck alone: the
+reference moves to a later evaluation only when that one is significantly better by the same test, and
+`best` is the reference's accuracy. An alarm fires when the forgetting is above the threshold and
+significant; with a model whose predictions never change, b = c = 0 and nothing can fire. BWT is the
+current accuracy minus the first.
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+SIGNIFICANCE = 0.01
+Z_95 = 1.959964
 # Accuracies are ratios such as 7/10; rounding their differences keeps 0.9 - 0.7 from reading as
 # 0.20000000000000007 and crossing a 0.2 threshold it only touches.
 _DIGITS = 12
@@ -69,14 +80,87 @@ class _ProbeStats:
     first: float
     best: float
     current: float
+    reference: str = ""  # "1"/"0" per example at the reference evaluation
+    dropped: int = 0  # b: right at the reference, wrong now
+    recovered: int = 0  # c: wrong at the reference, right now
+    size: int = 0
 
     @property
     def forgetting(self) -> float:
-        return round(self.best - self.current, _DIGITS)
+        """The drop on the examples the reference scored: `best` minus their accuracy now."""
+        return (
+            round((self.dropped - self.recovered) / len(self.reference), _DIGITS) if self.reference else 0.0
+        )
 
     @property
     def bwt(self) -> float:
         return round(self.current - self.first, _DIGITS)
+
+    @property
+    def p_value(self) -> float:
+        """How likely a drop at least this large is by chance, examples changing either way alike."""
+        return binomial_tail(self.dropped, self.dropped + self.recovered)
+
+    def compare(self, outcomes: Sequence[bool]) -> None:
+        """Take this evaluation's outcomes and pair them with the reference's, example by example.
+
+        The reference moves here when this evaluation is significantly better, or when the set has grown
+        and is not significantly worse (so its new examples count from now on); a set only grows at its
+        end, so the reference's examples are always the first ones."""
+        now = "".join("1" if right else "0" for right in outcomes)
+        self.current, self.size = _accuracy_of(outcomes), len(outcomes)
+        if len(now) < len(self.reference):  # not the same set (state from before outcomes were kept)
+            self.reference = ""
+        pairs = list(zip(self.reference, now[: len(self.reference)], strict=True))
+        self.dropped, self.recovered = pairs.count(("1", "0")), pairs.count(("0", "1"))
+        better = binomial_tail(self.recovered, self.dropped + self.recovered) < SIGNIFICANCE
+        grown = len(now) > len(self.reference) and self.p_value >= SIGNIFICANCE
+        if better or grown:
+            self.reference, self.best = now, self.current
+            self.dropped = self.recovered = 0
+
+    def significant_drop(self, threshold: float) -> bool:
+        return self.forgetting > threshold and self.p_value < SIGNIFICANCE
+
+    def intervals(self) -> dict[str, list[float]]:
+        """95% intervals: Wilson's for the accuracy, the paired difference's for the forgetting."""
+        return {
+            "accuracy_interval": wilson(self.current, self.size),
+            "forgetting_interval": paired_interval(self.dropped, self.recovered, len(self.reference)),
+        }
+
+
+def binomial_tail(successes: int, trials: int) -> float:
+    """P(X >= successes) for X ~ Binomial(trials, 1/2): exact, for the small counts of a probe set."""
+    if successes <= 0:
+        return 1.0
+    return sum(math.comb(trials, k) for k in range(successes, trials + 1)) / 2**trials
+
+
+def wilson(accuracy: float, n: int) -> list[float]:
+    """Wilson's 95% interval for a proportion measured on n examples."""
+    if n == 0:
+        return [0.0, 1.0]
+    z2 = Z_95**2
+    centre = (accuracy + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z_95 * math.sqrt(accuracy * (1 - accuracy) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
+
+
+def paired_interval(dropped: int, recovered: int, n: int) -> list[float]:
+    """95% interval of (dropped - recovered) / n, the difference of two accuracies on the same n examples."""
+    if n == 0:
+        return [-1.0, 1.0]
+    difference = (dropped - recovered) / n
+    variance = ((dropped + recovered) / n - difference**2) / n
+    half = Z_95 * math.sqrt(max(variance, 0.0))
+    return [round(difference - half, 4), round(difference + half, 4)]
+
+
+def _accuracy_of(outcomes: Sequence[bool]) -> float:
+    if not outcomes:
+        raise ValueError("a probe's outcomes must not be empty")
+    return sum(map(bool, outcomes)) / len(outcomes)
 
 
 def _now() -> str:
@@ -103,9 +187,10 @@ class ForgettingTracker:
     while each probe's first and best accuracy stay exact for as long as the probe appears in a kept
     evaluation. A probe no kept evaluation mentions any more is dropped; `forget` drops one at once.
 
-    Alarms: when a probe's forgetting goes above `alarm_threshold`, one `Alarm` fires; it stays active,
-    without firing again, until the forgetting is back at or below the threshold (or the probe is missing
-    from an evaluation), and may fire again after that. The last `max_alarm_log` alarms are logged.
+    Alarms: when a probe's forgetting goes above `alarm_threshold` and is significant (see the module's
+    notes), one `Alarm` fires; it stays active, without firing again, until that no longer holds (or the
+    probe is missing from an evaluation), and may fire again after that. The last `max_alarm_log` alarms
+    are logged.
     """
 
     def __init__(
@@ -124,10 +209,15 @@ class ForgettingTracker:
         self._log: deque[Alarm] = deque(maxlen=max_alarm_log)
 
     def record(
-        self, updates: int, model_version: int, accuracies: Mapping[str, float], at: str | None = None
+        self,
+        updates: int,
+        model_version: int,
+        outcomes: Mapping[str, Sequence[bool]],
+        at: str | None = None,
     ) -> list[Alarm]:
-        """Add one evaluation (accuracy per probe); return the alarms that fired at it, by probe name."""
-        current = {name: _accuracy(name, value) for name, value in accuracies.items()}
+        """Add one evaluation (per probe, whether each of its examples was right); return the alarms that
+        fired at it, by probe name."""
+        current = {name: _accuracy(name, _accuracy_of(values)) for name, values in outcomes.items()}
         evaluation = _Evaluation(int(updates), int(model_version), at or _now(), current)
         evicted = self._evaluations[0] if len(self._evaluations) == self.max_history else None
         self._evaluations.append(evaluation)
@@ -140,10 +230,8 @@ class ForgettingTracker:
             stats = self._stats.get(name)
             if stats is None:
                 stats = self._stats[name] = _ProbeStats(first=accuracy, best=accuracy, current=accuracy)
-            else:
-                stats.current = accuracy
-                stats.best = max(stats.best, accuracy)
-            if stats.forgetting <= self.alarm_threshold:
+            stats.compare(outcomes[name])
+            if not stats.significant_drop(self.alarm_threshold):
                 self._active.pop(name, None)
             elif name not in self._active:
                 alarm = Alarm(
@@ -161,6 +249,10 @@ class ForgettingTracker:
         for name in self._active.keys() - current.keys():
             del self._active[name]
         return fired
+
+    def __contains__(self, name: object) -> bool:
+        """Whether this probe has been evaluated and is still tracked."""
+        return name in self._stats
 
     def forget(self, name: str) -> bool:
         """Drop a probe's history and state (it was deleted or replaced); False when it was not tracked."""
@@ -209,6 +301,8 @@ class ForgettingTracker:
             "first_accuracy": stats.first,
             "best_accuracy": stats.best,
             "forgetting": stats.forgetting,
+            "forgetting_p_value": round(stats.p_value, 6),
+            **stats.intervals(),
             "bwt": stats.bwt,
             "history": history,
         }
@@ -253,10 +347,7 @@ class ForgettingTracker:
                 }
                 for ev in self._evaluations
             ],
-            "probes": {
-                name: {"first": stats.first, "best": stats.best, "current": stats.current}
-                for name, stats in self._stats.items()
-            },
+            "probes": {name: asdict(stats) for name, stats in self._stats.items()},
             "active_alarms": [alarm.to_dict() for alarm in self._active.values()],
             "alarm_log": [alarm.to_dict() for alarm in self._log],
         }
@@ -281,6 +372,10 @@ class ForgettingTracker:
                     first=_accuracy(name, item["first"]),
                     best=_accuracy(name, item["best"]),
                     current=_accuracy(name, item["current"]),
+                    reference=str(item.get("reference", "")),
+                    dropped=int(item.get("dropped", 0)),
+                    recovered=int(item.get("recovered", 0)),
+                    size=int(item.get("size", 0)),
                 )
                 for name, item in state["probes"].items()
             }

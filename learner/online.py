@@ -17,7 +17,7 @@ from learner.forgetting import Alarm, ForgettingTracker
 from learner.losses import LossKind, classification_loss
 from learner.optimizer_state import join_optimizer_state, split_optimizer_state, swap_parameter
 from learner.prequential import PrequentialAccuracy
-from learner.probes import REGISTERED, ProbeRegistry, evaluate, example_key, held_out
+from learner.probes import MIN_SIZE, REGISTERED, ProbeRegistry, evaluate, example_key, held_out
 from learner.snapshots import MODEL, Manifest, Snapshot, SnapshotStore
 from learner.strategies import StrategyContext, make_strategy
 
@@ -50,6 +50,7 @@ class LearnerConfig:
     probe_fraction: float = 0.05
     probe_window: int = 1000
     probe_size: int = 200
+    probe_min_size: int = MIN_SIZE
     eval_every: int = 50
     alarm_threshold: float = 0.2
     seed: int = 0
@@ -108,7 +109,9 @@ class OnlineLearner:
         )
         context = StrategyContext(self.model, self.config, self.rng)
         self.strategy = make_strategy(self.config.strategy, context)
-        self.probes = ProbeRegistry(self.config.probe_size, self.config.probe_window)
+        self.probes = ProbeRegistry(
+            self.config.probe_size, self.config.probe_window, min_size=self.config.probe_min_size
+        )
         self.tracker = ForgettingTracker(self.config.alarm_threshold)
         self.counters = Counters()
         self.prequential = PrequentialAccuracy()
@@ -140,10 +143,17 @@ class OnlineLearner:
         report = self.train_step([e.text for e in training], [e.label for e in training])
         report.held_out = len(examples) - len(training)
         report.held_out_mask = mask
-        if report.loss is not None and self.counters.updates % self.config.eval_every == 0:
+        due = report.loss is not None and self.counters.updates % self.config.eval_every == 0
+        if due or self._registered_unevaluated():
             report.evaluated = True
             report.alarms = self.evaluate()
         return report
+
+    def _registered_unevaluated(self) -> bool:
+        """A registered set not yet evaluated while the model knows labels: it is evaluated at once."""
+        return bool(self.model.labels) and any(
+            probe.source == REGISTERED and probe.name not in self.tracker for probe in self.probes.evaluable()
+        )
 
     def roll_back(self, snapshot: Snapshot) -> dict[str, Any] | None:
         """Continue from an earlier snapshot; the version counter never goes back, so the next save is new."""
@@ -276,12 +286,11 @@ class OnlineLearner:
 
     def evaluate(self) -> list[Alarm]:
         """Accuracy on every probe; returns the forgetting alarms this evaluation raised."""
-        probes = self.probes.probes()
+        probes = self.probes.evaluable()
         if not probes or not self.model.labels:
             return []
-        accuracies = evaluate(probes, lambda texts: [p.label for p in self.model.predict(texts)])
-        alarms = self.tracker.record(self.counters.updates, self.counters.model_version, accuracies)
-        return alarms
+        outcomes = evaluate(probes, lambda texts: [p.label for p in self.model.predict(texts)])
+        return self.tracker.record(self.counters.updates, self.counters.model_version, outcomes)
 
     def forgetting_report(self) -> dict[str, Any]:
         probes = self.probes.probes()

@@ -4,6 +4,24 @@ Two sources feed them. A user registers a probe by name ("registered"), or the s
 small, deterministic fraction of its examples ("held_out"). Held-out examples are grouped per label and
 per arrival window, so that forgetting can be read as "how well does the model still do on what it saw
 around position N", without any notion of tasks.
+
+How big a held-out set must be. Forgetting is judged by a paired test on a set's own examples (see
+`learner.forgetting`): of the examples right at the reference evaluation and wrong now (b) against those
+wrong then and right now (c), b must be significantly more than half of b + c (one-sided exact binomial,
+level 0.01). A drop of the alarm threshold (0.2) on n examples means b - c = 0.2 n; with no example
+improving (c = 0) that needs b >= 7, so n >= 35, and with the churn a learning model has (a few examples
+improving as others drop) more. At `MIN_SIZE` = 50, a 0.2 drop with c = 2 gives b = 12 and p = 0.006: a
+set that small can still raise a real alarm, while a smaller one could only ever report noise.
+
+How windows merge and when a set freezes. A label's held-out examples go to its open set, named after the
+window it started in. The set keeps growing across later windows until it holds `MIN_SIZE` examples; the
+first example of a later window after that starts a new set, and the old one freezes. A set also freezes
+when it reaches its capacity (`RETENTIVE_PROBE_SIZE`). A set is evaluated from the time it holds
+`MIN_SIZE` examples (`RETENTIVE_PROBE_MIN_SIZE`); it only ever gains examples at its end, so two evaluations
+always compare on the examples both scored, and once frozen it scores the same texts for good. At 5% held
+out, a set is evaluated once about 1,000 examples of its label went by (5,000 stream examples over 5 even
+labels). Registered sets are frozen from the start and evaluated whatever their size; a small one has
+little power and rarely alarms.
 """
 
 from __future__ import annotations
@@ -23,6 +41,7 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _PLAIN_LABEL = re.compile(r"[A-Za-z0-9_.-]{1,40}")
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _SLUG_KEEP = 24
+MIN_SIZE = 50
 
 
 def example_key(text: str, client_id: str | None = None) -> str:
@@ -87,7 +106,7 @@ def _check_example(text: object, label: object) -> tuple[str, str]:
 
 @dataclass
 class ProbeSet:
-    """A named set of labelled examples; it takes no more examples once it holds `capacity`."""
+    """A named set of labelled examples; once `frozen` it takes no more and is evaluated."""
 
     name: str
     source: Source
@@ -97,6 +116,7 @@ class ProbeSet:
     # Only held-out sets have these: the label they collect and their arrival window index.
     label: str | None = None
     window: int | None = None
+    frozen: bool = False
 
     @property
     def size(self) -> int:
@@ -116,6 +136,7 @@ class ProbeSet:
             "capacity": self.capacity,
             "label": self.label,
             "window": self.window,
+            "frozen": self.frozen,
         }
 
     @classmethod
@@ -135,6 +156,8 @@ class ProbeSet:
             capacity=int(data["capacity"]),
             label=label,
             window=window,
+            # Sets saved before sets spanned windows belong to one window each: they stay as they are.
+            frozen=bool(data.get("frozen", True)),
         )
 
 
@@ -145,21 +168,24 @@ class ProbeRegistry:
     registration. Held-out sets are named `held_out:{label}:w{window}` (see `label_slug`); the ':' keeps
     them apart from registered names, which cannot contain it, so a user can never overwrite one.
 
-    Bounds: a held-out set freezes at `max_per_probe` examples, so its accuracy stays comparable over
-    time; at most `max_probes` held-out sets exist, and making room for a new one retires (drops) the
-    oldest one, i.e. the one with the smallest window index (ties broken by name). A set is only retired
-    for one from a strictly later window; otherwise the new example overflows. At most `max_probes`
-    registered probes exist. Retired names are queued for `drain_retired()` so the caller can drop their
-    metric history.
+    Bounds: a held-out set freezes at `max_per_probe` examples, or once it holds `min_size` and its
+    label's next example comes from a later window (see the module's notes); at most `max_probes` held-out
+    sets exist, and making room for a new one retires (drops) the oldest one, i.e. the one with the smallest
+    window index (ties broken by name). A set is only retired for one from a strictly later window;
+    otherwise the new example overflows. At most `max_probes` registered probes exist. Retired names are
+    queued for `drain_retired()` so the caller can drop their metric history.
 
     Positions given to `add_held_out` are expected to grow with the stream: an example that lands in an
     already retired window starts that window's set anew.
     """
 
-    def __init__(self, max_per_probe: int = 200, window: int = 1000, max_probes: int = 1000) -> None:
-        if max_per_probe < 1 or window < 1 or max_probes < 1:
-            raise ValueError("max_per_probe, window and max_probes must all be at least 1")
+    def __init__(
+        self, max_per_probe: int = 200, window: int = 1000, max_probes: int = 1000, min_size: int = MIN_SIZE
+    ) -> None:
+        if max_per_probe < 1 or window < 1 or max_probes < 1 or min_size < 1:
+            raise ValueError("max_per_probe, window, max_probes and min_size must all be at least 1")
         self.max_per_probe = max_per_probe
+        self.min_size = min(min_size, max_per_probe)
         self.window = window
         self.max_probes = max_probes
         self._probes: dict[str, ProbeSet] = {}
@@ -181,6 +207,10 @@ class ProbeRegistry:
         """Every probe set, sorted by name; none of them is empty."""
         return [self._probes[name] for name in sorted(self._probes)]
 
+    def evaluable(self) -> list[ProbeSet]:
+        """The sets that are evaluated, sorted by name: frozen ones and those that hold `min_size`."""
+        return [probe for probe in self.probes() if probe.frozen or probe.size >= self.min_size]
+
     def register(self, name: str, examples: Iterable[Sequence[str]], updates: int) -> ProbeSet:
         """Create or replace the registered probe `name` from (text, label) pairs.
 
@@ -199,7 +229,12 @@ class ProbeRegistry:
         if name not in self._probes and self._count(REGISTERED) >= self.max_probes:
             raise ValueError(f"at most {self.max_probes} registered probes may exist")
         probe = ProbeSet(
-            name=name, source=REGISTERED, examples=pairs, created_at_update=updates, capacity=len(pairs)
+            name=name,
+            source=REGISTERED,
+            examples=pairs,
+            created_at_update=updates,
+            capacity=len(pairs),
+            frozen=True,
         )
         self._probes[name] = probe
         return probe
@@ -218,10 +253,12 @@ class ProbeRegistry:
             raise ValueError(f"stream position must be non-negative, got {position}")
         self.held_out += 1
         window = position // self.window
-        name = held_out_name(label, window)
-        probe = self._probes.get(name)
+        probe = self._open_set(label)
+        if probe is not None and probe.window < window and probe.size >= self.min_size:
+            probe.frozen, probe = True, None
         if probe is None:
-            if not self._make_room(window):
+            name = held_out_name(label, window)
+            if name in self._probes or not self._make_room(window):
                 self.overflow += 1
                 return None
             probe = ProbeSet(
@@ -234,11 +271,16 @@ class ProbeRegistry:
                 window=window,
             )
             self._probes[name] = probe
-        if probe.full:
-            self.overflow += 1
-            return None
         probe.examples.append((text, label))
-        return name
+        probe.frozen = probe.full
+        return probe.name
+
+    def _open_set(self, label: str) -> ProbeSet | None:
+        """The held-out set still collecting this label's examples, if any."""
+        return next(
+            (p for p in self._probes.values() if p.source == HELD_OUT and p.label == label and not p.frozen),
+            None,
+        )
 
     def drain_retired(self) -> list[str]:
         """Names of held-out sets retired since the last call."""
@@ -287,8 +329,8 @@ class ProbeRegistry:
         return True
 
 
-def evaluate(probes: Iterable[ProbeSet], predict: Callable[[list[str]], list[str]]) -> dict[str, float]:
-    """Accuracy of `predict` on each non-empty probe, by probe name.
+def evaluate(probes: Iterable[ProbeSet], predict: Callable[[list[str]], list[str]]) -> dict[str, list[bool]]:
+    """Whether `predict` gets each example of each non-empty probe right, in the probe's order, by name.
 
     `predict` is called once with the texts of all probes together (batching them is its job).
     """
@@ -302,14 +344,13 @@ def evaluate(probes: Iterable[ProbeSet], predict: Callable[[list[str]], list[str
     predictions = list(predict(texts))
     if len(predictions) != len(texts):
         raise ValueError(f"predict returned {len(predictions)} labels for {len(texts)} texts")
-    accuracies = {}
+    outcomes = {}
     start = 0
     for probe in selected:
         end = start + probe.size
-        correct = sum(
+        outcomes[probe.name] = [
             predicted == label
             for predicted, (_, label) in zip(predictions[start:end], probe.examples, strict=True)
-        )
-        accuracies[probe.name] = correct / probe.size
+        ]
         start = end
-    return accuracies
+    return outcomes

@@ -33,6 +33,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> I
         **{**QUICK_LEARNER, "snapshot_every": 5, "publish_every_s": 5},
         eval_every=5,
         probe_fraction=0.2,
+        probe_min_size=2,
         strategy="migu+replay",
     ) as (base, process):
         SERVE_PID[base] = process.pid

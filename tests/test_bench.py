@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from app.settings import Settings
-from bench import cl_stream, long_stream, speed, tables, tune
+from bench import cl_stream, false_alarms, long_stream, speed, tables, tune
 from bench.data import DEV_PER_TASK, read_scoring, read_train
 from learner.forgetting import task_metrics
 from learner.online import Example
@@ -218,3 +218,13 @@ def test_tune_chooses_on_dev_records_its_grid_and_feeds_the_test_run(
     assert result["config"]["split"] == "test"
     with pytest.raises(SystemExit, match="sets --split"):
         tune.main([*argv, "--split", "test"])
+
+
+def test_false_alarms_counts_none_for_a_frozen_model_and_catches_a_forgotten_label(tmp_path: Path) -> None:
+    out = tmp_path / "false_alarms.json"
+    result = false_alarms.main(["--streams", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    scenarios = result["scenarios"]
+    assert scenarios["frozen"]["paired"]["alarms"] == 0
+    assert scenarios["frozen"]["before"]["alarms"] > 0
+    assert scenarios["flip"]["paired"]["detected"] == 2 and scenarios["flip"]["paired"]["false_alarms"] == 0

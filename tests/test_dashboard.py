@@ -74,10 +74,12 @@ def service(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> I
         **{**QUICK_LEARNER, "snapshot_every": 5},
         eval_every=2,
         probe_fraction=0.2,
+        probe_min_size=2,
         strategy="migu",
         loss="ce",
     ) as (base, _):
-        feed(base, examples(40, LABELS, "first"))
+        # Sixty a label hold out eleven astronomy texts: enough for their going wrong to be significant.
+        feed(base, examples(60, LABELS, "first"))
         eventually(lambda: settled(base), 120, "the learner to apply the first feedback")
         astronomy, football = LABELS["astronomy"], LABELS["football"]
         feed(
@@ -379,6 +381,36 @@ def test_a_fresh_server_says_how_to_get_data(browser: Browser, tmp_path: Path, t
         for chart in ("accuracy-chart", "matrix-chart", "timeline-chart", "gate-chart"):
             assert tab.page.is_hidden(f"#{chart}") and tab.traces(chart) == []
         assert tab.page.is_hidden("#banner") and tab.page.inner_text("#t-version") == "none"
+        assert tab.errors == []
+
+
+NO_FIGURE = "\u2013"  # what the page shows for a figure not measured yet
+
+
+def test_a_probe_set_registered_before_any_feedback_is_listed_then_evaluated(
+    browser: Browser, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    (tmp_path / "early").mkdir()
+    golden = [{"text": text, "label": label} for label, text in LABELS.items()]
+    with serving(tmp_path / "early", model=tiny_model_dir) as (base, _), dashboard(browser, base) as tab:
+        assert call(base, "PUT", "/v1/probes/golden", json={"examples": golden}).status_code == 201
+        [listed] = call(base, "GET", "/v1/probes").json()
+        assert (listed["name"], listed["accuracy"]) == ("golden", None)
+        row = tab.page.locator("#probe-table tbody tr", has_text="golden")
+        row.wait_for(timeout=30_000)
+        assert row.locator("td").nth(3).inner_text() == NO_FIGURE
+
+        feed(base, examples(4, LABELS, "first"))
+
+        def evaluated() -> bool:
+            return call(base, "GET", "/v1/probes").json()[0]["accuracy"] is not None
+
+        eventually(evaluated, 120, "the registered probe set evaluated once the model knows labels")
+        tab.page.wait_for_function(
+            "() => [...document.querySelectorAll('#probe-table tbody tr')]"
+            f".some(r => r.cells[1].textContent === 'golden' && r.cells[3].textContent !== '{NO_FIGURE}')",
+            timeout=30_000,
+        )
         assert tab.errors == []
 
 

@@ -105,7 +105,8 @@ def test_replay_mixes_old_examples_into_new_batches() -> None:
 
 
 def test_held_out_examples_become_probes_and_never_train() -> None:
-    learner = make_learner(probe_fraction=0.3, eval_every=1)
+    # Sets of one example, one per window: each is full at once, so frozen and evaluated.
+    learner = make_learner(probe_fraction=0.3, eval_every=1, probe_size=1, probe_window=1)
     stream = [Example(t, "sports") for t in SPORTS] + [Example(t, "finance") for t in FINANCE]
     report = learner.learn(stream)
     held = learner.counters.examples_held_out
@@ -257,3 +258,13 @@ def test_prequential_accuracy_scores_each_example_before_learning_from_it() -> N
     assert after["scored"] == scored["scored"] + 1
     assert after["per_label"]["weather"] == {"accuracy": 0.0, "scored": 1}
     assert after["cumulative"] == pytest.approx(scored["cumulative"] * scored["scored"] / after["scored"])
+
+
+def test_a_probe_set_registered_before_any_label_is_evaluated_once_the_model_has_labels() -> None:
+    learner = make_learner(eval_every=1000)
+    learner.register_probe("news", [(SPORTS[0], "sports"), (FINANCE[0], "finance")])
+    learner.learn([Example(t, "sports") for t in SPORTS[1:3]])
+    report = learner.forgetting_report()
+    assert [probe["name"] for probe in report["probes"]] == ["news"]
+    assert report["probes"][0]["accuracy"] == 0.5  # one label known: the sports text alone is right
+    assert report["probes"][0]["accuracy_interval"][0] < 0.5 < report["probes"][0]["accuracy_interval"][1]

@@ -138,31 +138,30 @@ def test_register_bounds_examples_and_probe_count():
 # held-out probes
 
 
-def test_held_out_examples_are_grouped_per_label_and_window():
-    registry = ProbeRegistry(window=10)
+def test_held_out_sets_span_windows_until_big_enough_then_freeze():
+    registry = ProbeRegistry(window=10, min_size=2)
     joined = [
         registry.add_held_out(f"text {position}", label, position, updates=position)
-        for position, label in [(0, "pos"), (3, "neg"), (9, "pos"), (10, "pos"), (25, "neg")]
+        for position, label in [(0, "pos"), (3, "neg"), (9, "pos"), (10, "pos"), (25, "neg"), (31, "neg")]
     ]
+    # pos:w0 has its two examples when window 1 begins, so it freezes; neg:w0 has one when window 2 begins,
+    # so it takes window 2's example too, and freezes at window 3.
     assert joined == [
         "held_out:pos:w0",
         "held_out:neg:w0",
         "held_out:pos:w0",
         "held_out:pos:w1",
-        "held_out:neg:w2",
-    ]
-    assert [probe.name for probe in registry.probes()] == [
         "held_out:neg:w0",
-        "held_out:neg:w2",
-        "held_out:pos:w0",
-        "held_out:pos:w1",
+        "held_out:neg:w3",
     ]
+    frozen = [probe.name for probe in registry.probes() if probe.frozen]
+    assert frozen == ["held_out:neg:w0", "held_out:pos:w0"]
     first = registry.get("held_out:pos:w0")
     assert first is not None
     assert first.source == "held_out"
     assert first.examples == [("text 0", "pos"), ("text 9", "pos")]
     assert (first.label, first.window, first.created_at_update) == ("pos", 0, 0)
-    assert registry.held_out == 5
+    assert registry.held_out == 6
     assert registry.overflow == 0
 
 
@@ -180,7 +179,7 @@ def test_capacity_freezes_a_held_out_probe():
 
 
 def test_oldest_held_out_window_is_retired_at_the_bound():
-    registry = ProbeRegistry(window=10, max_probes=2)
+    registry = ProbeRegistry(window=10, max_probes=2, min_size=1)
     registry.register("mine", [("a", "x")], updates=0)
     registry.add_held_out("a", "pos", 0, updates=0)
     registry.add_held_out("b", "pos", 10, updates=1)
@@ -272,8 +271,7 @@ def test_evaluate_gives_accuracy_per_probe_with_one_predict_call():
         calls.append(list(texts))
         return ["pos" if "good" in text else "neg" for text in texts]
 
-    accuracies = evaluate([a, empty, b], predict)
-    assert accuracies == {"a": pytest.approx(2 / 3), "b": 0.5}
+    assert evaluate([a, empty, b], predict) == {"a": [True, True, False], "b": [True, False]}
     assert calls == [["good one", "bad one", "good?", "good", "meh"]]
 
 

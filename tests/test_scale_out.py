@@ -74,6 +74,7 @@ def scale_out(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) ->
         api_keys=f"{ADMIN}:admin",
         **QUICK_LEARNER,
         probe_fraction=0.2,
+        probe_min_size=2,
         max_labels=len(LABELS),
         ledger=True,
     ) as replicas:

@@ -36,9 +36,10 @@ async function api(path, options = {}) {
 }
 
 async function load() {
-  const [model, forgetting, matrix, versions, snapshots, learner] = await Promise.all(
-    ["v1/model", "v1/forgetting", "v1/evaluations", "v1/versions", "v1/snapshots", "v1/learner"].map(api));
-  return { model, forgetting, matrix, versions, snapshots, learner };
+  const [model, forgetting, matrix, versions, snapshots, learner, probes] = await Promise.all(
+    ["v1/model", "v1/forgetting", "v1/evaluations", "v1/versions", "v1/snapshots", "v1/learner", "v1/probes"]
+      .map(api));
+  return { model, forgetting, matrix, versions, snapshots, learner, probes };
 }
 
 async function refresh() {
@@ -91,10 +92,10 @@ function banner(text, kind = "") {
 }
 
 function draw() {
-  const { model, forgetting, matrix, versions, snapshots, learner } = view.data;
+  const { model, forgetting, matrix, versions, snapshots, learner, probes } = view.data;
   $("empty").hidden = forgetting.probes.length > 0 || versions.length > 0;
   drawTiles(model, forgetting, learner);
-  drawProbes(forgetting.probes, matrix.alarms);
+  drawProbes(everyProbe(forgetting.probes, probes), matrix.alarms);
   drawMatrix(matrix);
   drawTimeline(versions, snapshots);
   drawSnapshots(snapshots);
@@ -143,9 +144,20 @@ function present(chartId, hasData, placeholder) {
 const worst = (a, b) =>
   b.forgetting - a.forgetting || a.accuracy - b.accuracy || a.name.localeCompare(b.name);
 
+// The evaluated probes, and every other set the API lists (registered, not evaluated yet) with no figures.
+function everyProbe(evaluated, listed) {
+  const known = new Set(evaluated.map((probe) => probe.name));
+  const waiting = listed.filter((probe) => !known.has(probe.name)).map((probe) => ({
+    name: probe.name, source: probe.source, size: probe.size, accuracy: null, best_accuracy: null,
+    forgetting: null, history: [],
+  }));
+  return [...evaluated, ...waiting];
+}
+
 function plotted(ranked) {
-  if (view.pick) return ranked.filter((probe) => view.pick.has(probe.name));
-  return ranked.slice(0, Math.max(1, Number($("worst-n").value) || 1));
+  const drawable = ranked.filter((probe) => probe.history.length > 0);
+  if (view.pick) return drawable.filter((probe) => view.pick.has(probe.name));
+  return drawable.slice(0, Math.max(1, Number($("worst-n").value) || 1));
 }
 
 function drawProbes(probes, alarms) {
@@ -210,7 +222,11 @@ function probeRow(probe, color, alarmed) {
     fixed(probe.forgetting, 2)];
   const row = tableRow([box, ...cells]);
   row.cells[1].className = "name";
-  row.cells[1].title = `${probe.name} (${probe.source ?? "probe"})`;
+  row.cells[1].title = `${probe.name} (${probe.source ?? "probe"}${probe.history.length ? "" : ", not evaluated yet"})`;
+  const interval = (range) => (range ? `95% interval ${fixed(range[0], 2)} to ${fixed(range[1], 2)}` : "");
+  row.cells[3].title = interval(probe.accuracy_interval);
+  row.cells[5].title = interval(probe.forgetting_interval) +
+    (probe.forgetting_p_value == null ? "" : `, p = ${probe.forgetting_p_value.toPrecision(2)}`);
   if (alarmed.has(probe.name)) row.className = "alarm";
   return row;
 }

@@ -272,7 +272,9 @@ def test_a_label_flipping_burst_is_caught_and_rolled_back(tmp_path: Path, tiny_m
         "snapshot_keep": 100,
     }
     with serving(data_dir, model=tiny_model_dir, **settings) as (base, _):
-        golden = [{"text": t, "label": label} for label in VOCABULARY for t in texts_of(label, 6, 7)]
+        # Twelve texts a label: a flipped label's twelve going wrong is significant (0.5 ** 12), where six
+        # would not be at the alarm's 0.01 level.
+        golden = [{"text": t, "label": label} for label in VOCABULARY for t in texts_of(label, 12, 7)]
         assert httpx.put(f"{base}/v1/probes/golden", json={"examples": golden}).status_code == 201
         for seed in range(5):
             httpx.post(f"{base}/v1/feedback", json={"examples": clean_stream(8, seed)}, timeout=30)
