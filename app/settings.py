@@ -97,7 +97,8 @@ class Settings(BaseSettings):
         _LEARNER.probe_fraction,
         ge=0,
         lt=1,
-        description="Share of the stream held out (by hash of each example) to measure forgetting.",
+        description="Share of the stream held out to measure forgetting, chosen by a hash of each text "
+        "keyed with a secret kept in the model's snapshots.",
     )
     probe_size: int = Field(
         _LEARNER.probe_size,

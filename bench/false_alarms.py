@@ -33,7 +33,7 @@ from typing import Any
 from bench.meta import run_metadata
 from learner.forgetting import ForgettingTracker
 from learner.online import LearnerConfig
-from learner.probes import ProbeRegistry, evaluate, example_key, held_out
+from learner.probes import ProbeRegistry, evaluate, held_out
 
 RIGHT = 0.7
 CHURN = 0.2
@@ -88,6 +88,7 @@ def run_stream(scenario: str, seed: int, examples: int, labels: int) -> dict[str
     config = LearnerConfig()
     names = [f"label{i}" for i in range(labels)]
     rng = random.Random(seed)
+    salt = rng.randbytes(16)
     model = SimulatedModel(scenario, rng, flipped_label=names[0])
     registry = ProbeRegistry(config.probe_size, config.probe_window, min_size=config.probe_min_size)
     unsized = ProbeRegistry(config.probe_size, config.probe_window, min_size=1)
@@ -102,7 +103,7 @@ def run_stream(scenario: str, seed: int, examples: int, labels: int) -> dict[str
     for position in range(examples):
         label = rng.choice(names)
         text = f"{label} {seed} {position}"
-        if held_out(example_key(text), config.probe_fraction):
+        if held_out(text, config.probe_fraction, salt):
             for probes in (registry, unsized):
                 probes.add_held_out(text, label, position, updates=position // 16)
         if (position + 1) % every:

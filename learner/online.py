@@ -4,6 +4,7 @@ micro-batch, evaluates the probes on a schedule, and saves and restores its whol
 from __future__ import annotations
 
 import random
+import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ from learner.forgetting import Alarm, ForgettingTracker
 from learner.losses import LossKind, classification_loss
 from learner.optimizer_state import join_optimizer_state, split_optimizer_state, swap_parameter
 from learner.prequential import PrequentialAccuracy
-from learner.probes import MIN_SIZE, REGISTERED, ProbeRegistry, evaluate, example_key, held_out
+from learner.probes import MIN_SIZE, REGISTERED, ProbeRegistry, evaluate, held_out
 from learner.snapshots import MODEL, Manifest, Snapshot, SnapshotStore
 from learner.strategies import StrategyContext, make_strategy
 
@@ -88,15 +89,18 @@ class OnlineLearner:
     """Learns from micro-batches of labelled text with no task boundaries.
 
     It reports what happened (`LearnReport`, alarms included) and leaves every policy (pausing, rolling
-    back, where snapshots live) to its caller."""
+    back, where snapshots live) to its caller. `probe_salt` keys the hash that holds texts out as probes;
+    a random one is drawn unless given (to repeat a run exactly), and snapshots keep it."""
 
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
         encoder: PreTrainedModel,
         config: LearnerConfig | None = None,
+        probe_salt: bytes | None = None,
     ) -> None:
         self.config = config or LearnerConfig()
+        self.probe_salt = probe_salt if probe_salt is not None else secrets.token_bytes(16)
         torch.manual_seed(self.config.seed)
         self.rng = random.Random(self.config.seed)
         self.model = TextClassifier(
@@ -126,20 +130,23 @@ class OnlineLearner:
         return self.strategy.optimizer(groups, self.config.weight_decay)
 
     def learn(self, examples: list[Example]) -> LearnReport:
-        """Hold out a hashed fraction as probes, train on the rest, evaluate when due."""
+        """Hold out a hashed fraction as probes, and any text a probe set holds; train on the rest;
+        evaluate when due."""
         training: list[Example] = []
         mask = []
         for example in examples:
             position = self.counters.examples_seen
             self.counters.examples_seen += 1
-            mask.append(held_out(example_key(example.text, example.id), self.config.probe_fraction))
-            if mask[-1]:
+            probed = self.probes.holds(example.text)
+            mask.append(probed or held_out(example.text, self.config.probe_fraction, self.probe_salt))
+            if not mask[-1]:
+                training.append(example)
+                continue
+            self.counters.examples_held_out += 1
+            if not probed:
                 self.probes.add_held_out(example.text, example.label, position, self.counters.updates)
                 for name in self.probes.drain_retired():
                     self.tracker.forget(name)
-                self.counters.examples_held_out += 1
-            else:
-                training.append(example)
         report = self.train_step([e.text for e in training], [e.label for e in training])
         report.held_out = len(examples) - len(training)
         report.held_out_mask = mask
@@ -358,6 +365,7 @@ class OnlineLearner:
             "counters": asdict(self.counters),
             "optimizer": optimizer_state,
             "rng": _jsonable_rng(self.rng.getstate()),
+            "probe_salt": self.probe_salt.hex(),
             **strategy_state,
             "probes": self.probes.state_dict(),
             "tracker": self.tracker.state_dict(),
@@ -384,6 +392,9 @@ class OnlineLearner:
         self.strategy.load_state(trainer, state)
         torch.set_rng_state(trainer["rng.torch"])
         self.rng.setstate(_rng_from_json(state["rng"]))
+        # A snapshot from before salted routing keeps this learner's new salt: texts it held out stay in
+        # their probe sets, and `ProbeRegistry.holds` keeps them out of training.
+        self.probe_salt = bytes.fromhex(state.get("probe_salt", self.probe_salt.hex()))
         self.probes.load_state_dict(state["probes"])
         self.tracker.load_state_dict(state["tracker"])
         self.counters = Counters(**state["counters"])

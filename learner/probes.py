@@ -1,9 +1,10 @@
 """Probe sets: frozen, labelled examples the learner is measured on and never trains on.
 
 Two sources feed them. A user registers a probe by name ("registered"), or the stream itself gives up a
-small, deterministic fraction of its examples ("held_out"). Held-out examples are grouped per label and
-per arrival window, so that forgetting can be read as "how well does the model still do on what it saw
-around position N", without any notion of tasks.
+small fraction of its examples ("held_out"), chosen by a keyed hash of each text (see `held_out`). No
+text that is in any probe set is ever trained on (`ProbeRegistry.holds`). Held-out examples are grouped per
+label and per arrival window, so that forgetting can be read as "how well does the model still do on what
+it saw around position N", without any notion of tasks.
 
 How big a held-out set must be. Forgetting is judged by a paired test on a set's own examples (see
 `learner.forgetting`): of the examples right at the reference evaluation and wrong now (b) against those
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -44,26 +46,19 @@ _SLUG_KEEP = 24
 MIN_SIZE = 50
 
 
-def example_key(text: str, client_id: str | None = None) -> str:
-    """Routing key of an example: its client id when it has one, else its text.
+def held_out(text: str, fraction: float, salt: bytes = b"") -> bool:
+    """True when this text belongs to the held-out fraction of the stream.
 
-    The two kinds are prefixed differently so an id can never collide with a text that spells it.
-    """
-    return f"id:{client_id}" if client_id is not None else f"text:{text}"
-
-
-def held_out(key: str, fraction: float) -> bool:
-    """True when the example with this key belongs to the held-out fraction of the stream.
-
-    The hash is blake2b, not the built-in hash(), which is salted per process: the same key gets the same
-    answer in every process and on every restart, so an example is never trained on in one run and
-    probed in the next.
+    Routing hashes the text, not a client's id, so sending a text under another id cannot move it between
+    training and probing; and the hash is keyed with the learner's secret `salt` (kept in its snapshots),
+    so no client can compute which texts would land in probe sets and poison them. blake2b, not the
+    built-in hash() (salted per process), gives the same answer in every process and on every restart.
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"held-out fraction must be in [0, 1), got {fraction!r}")
     if fraction == 0.0:
         return False
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=salt).digest()
     return int.from_bytes(digest, "big") / 2.0**64 < fraction
 
 
@@ -189,6 +184,7 @@ class ProbeRegistry:
         self.window = window
         self.max_probes = max_probes
         self._probes: dict[str, ProbeSet] = {}
+        self._texts: Counter[str] = Counter()
         self._retired: list[str] = []
         self.held_out = 0
         self.overflow = 0
@@ -199,6 +195,10 @@ class ProbeRegistry:
 
     def __contains__(self, name: object) -> bool:
         return name in self._probes
+
+    def holds(self, text: str) -> bool:
+        """Whether any probe set holds this text: such a text is never trained on."""
+        return self._texts[text] > 0
 
     def get(self, name: str) -> ProbeSet | None:
         return self._probes.get(name)
@@ -236,12 +236,17 @@ class ProbeRegistry:
             capacity=len(pairs),
             frozen=True,
         )
+        self.remove(name)
         self._probes[name] = probe
+        self._texts.update(text for text, _ in pairs)
         return probe
 
     def remove(self, name: str) -> bool:
         """Delete a probe set of either source; False when there was none of that name."""
-        return self._probes.pop(name, None) is not None
+        probe = self._probes.pop(name, None)
+        if probe is not None:
+            self._texts.subtract(text for text, _ in probe.examples)
+        return probe is not None
 
     def add_held_out(self, text: str, label: str, position: int, updates: int) -> str | None:
         """Store a held-out example in its label/window set; the set's name, or None when it overflowed.
@@ -272,6 +277,7 @@ class ProbeRegistry:
             )
             self._probes[name] = probe
         probe.examples.append((text, label))
+        self._texts[text] += 1
         probe.frozen = probe.full
         return probe.name
 
@@ -309,6 +315,7 @@ class ProbeRegistry:
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed probe registry state: {exc!r}") from exc
         self._probes = probes
+        self._texts = Counter(text for probe in probes.values() for text, _ in probe.examples)
         self.held_out, self.overflow, self.retired = counters
         self._retired = pending
 
@@ -323,7 +330,7 @@ class ProbeRegistry:
         oldest = min(held, key=lambda probe: (probe.window, probe.name))
         if oldest.window is None or oldest.window >= window:
             return False
-        del self._probes[oldest.name]
+        self.remove(oldest.name)
         self._retired.append(oldest.name)
         self.retired += 1
         return True

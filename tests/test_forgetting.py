@@ -4,7 +4,7 @@ import pytest
 
 from learner.forgetting import Alarm, AlarmPolicy, ForgettingTracker, TaskMetrics, task_metrics
 from learner.online import LearnerConfig
-from learner.probes import ProbeRegistry, evaluate, example_key, held_out
+from learner.probes import ProbeRegistry, evaluate, held_out
 
 # task-based metrics
 
@@ -303,7 +303,7 @@ def _frozen_model_stream(flip_label_from: int | None = None) -> tuple[list[list[
     for position in range(20_000):
         label = LABELS[position % len(LABELS)]
         text = f"{label} example {position}"
-        if held_out(example_key(text), defaults.probe_fraction):
+        if held_out(text, defaults.probe_fraction, salt=b"stream"):
             registry.add_held_out(text, label, position, updates=position // 16)
         if (position + 1) % examples_per_evaluation == 0:
             flipped = flip_label_from is not None and position >= flip_label_from

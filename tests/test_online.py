@@ -24,7 +24,7 @@ WEATHER = [f"heavy rain and strong wind expected on day {i}" for i in range(8)]
 def make_learner(**overrides: object) -> OnlineLearner:
     tokenizer, encoder = tiny_bert(seed=0)
     config = LearnerConfig(**{"lr": 3e-3, "probe_fraction": 0.0, **overrides})
-    return OnlineLearner(tokenizer, encoder, config)
+    return OnlineLearner(tokenizer, encoder, config, probe_salt=b"tests")
 
 
 def weights(learner: OnlineLearner) -> dict[str, torch.Tensor]:
@@ -268,3 +268,33 @@ def test_a_probe_set_registered_before_any_label_is_evaluated_once_the_model_has
     assert [probe["name"] for probe in report["probes"]] == ["news"]
     assert report["probes"][0]["accuracy"] == 0.5  # one label known: the sports text alone is right
     assert report["probes"][0]["accuracy_interval"][0] < 0.5 < report["probes"][0]["accuracy_interval"][1]
+
+
+def test_a_text_is_held_out_or_trained_whatever_id_it_comes_with() -> None:
+    learner = make_learner(probe_fraction=0.5)
+    texts = [f"{text} again" for text in SPORTS + FINANCE]
+    first = learner.learn([Example(t, "sports", id=f"a{i}") for i, t in enumerate(texts)]).held_out_mask
+    second = learner.learn([Example(t, "sports", id=f"b{i}") for i, t in enumerate(texts)]).held_out_mask
+    assert first == second and 0 < sum(first) < len(texts)
+
+
+def test_a_text_in_a_probe_set_is_never_trained_on() -> None:
+    learner = make_learner()
+    learner.register_probe("mine", [(SPORTS[0], "sports")])
+    report = learner.learn([Example(SPORTS[0], "finance"), Example(SPORTS[1], "sports")])
+    assert report.held_out_mask == [True, False]
+    assert (report.held_out, report.trained, learner.counters.examples_trained) == (1, 1, 1)
+    assert [p.name for p in learner.probes.probes()] == ["mine"]  # held out, not added to a set
+
+
+def test_the_probe_salt_is_random_and_travels_in_snapshots(tmp_path: Path) -> None:
+    tokenizer, encoder = tiny_bert(seed=0)
+    drawn = {OnlineLearner(tokenizer, encoder, LearnerConfig()).probe_salt for _ in range(2)}
+    assert len(drawn) == 2
+    learner = OnlineLearner(tokenizer, encoder, LearnerConfig())
+    learner.learn([Example(SPORTS[0], "sports"), Example(FINANCE[0], "finance")])
+    store = SnapshotStore(tmp_path)
+    learner.save(store)
+    restored = OnlineLearner(*tiny_bert(seed=0), LearnerConfig())
+    restored.restore(store.load(store.latest().id))
+    assert restored.probe_salt == learner.probe_salt

@@ -10,7 +10,6 @@ from learner.probes import (
     ProbeRegistry,
     ProbeSet,
     evaluate,
-    example_key,
     held_out,
     held_out_name,
     label_slug,
@@ -38,12 +37,12 @@ def test_held_out_rejects_fractions_outside_unit_interval(fraction):
 
 def test_held_out_is_the_same_in_another_process():
     keys = [f"k{i}" for i in range(200)]
-    here = [held_out(key, 0.3) for key in keys]
-    assert here == [held_out(key, 0.3) for key in keys]
+    here = [held_out(key, 0.3, b"salt") for key in keys]
+    assert here == [held_out(key, 0.3, b"salt") for key in keys]
     script = (
         "import json, sys\n"
         "from learner.probes import held_out\n"
-        "print(json.dumps([held_out(k, 0.3) for k in json.loads(sys.argv[1])]))\n"
+        "print(json.dumps([held_out(k, 0.3, b'salt') for k in json.loads(sys.argv[1])]))\n"
     )
     # A different hash seed would change the built-in hash(); the routing must not depend on it.
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
@@ -53,10 +52,27 @@ def test_held_out_is_the_same_in_another_process():
     assert json.loads(result.stdout) == here
 
 
-def test_example_key_prefers_the_client_id():
-    assert example_key("some text", "abc") == "id:abc"
-    assert example_key("some text") == "text:some text"
-    assert example_key("abc") != example_key("x", "abc")
+def test_without_the_salt_no_one_can_tell_which_texts_are_held_out():
+    texts = [f"review {i}" for i in range(2000)]
+    chosen = [{text for text in texts if held_out(text, 0.1, salt)} for salt in (b"one", b"two", b"")]
+    # Each salt holds out its own tenth: about a tenth of one salt's choice is in another's, as by chance.
+    assert all(len(chosen[0] & other) < 0.2 * len(chosen[0]) for other in chosen[1:])
+
+
+def test_the_registry_knows_every_text_its_sets_hold_until_they_go():
+    registry = ProbeRegistry(window=10, max_probes=1, min_size=1)
+    registry.register("mine", [("kept text", "x")], updates=0)
+    registry.add_held_out("held text", "pos", 0, updates=0)
+    assert registry.holds("kept text") and registry.holds("held text") and not registry.holds("other")
+    registry.register("mine", [("new text", "x")], updates=1)
+    assert not registry.holds("kept text") and registry.holds("new text")
+    registry.add_held_out("later text", "pos", 10, updates=2)  # window 1 retires window 0's set
+    assert not registry.holds("held text") and registry.holds("later text")
+    restored = ProbeRegistry(window=10, max_probes=1, min_size=1)
+    restored.load_state_dict(registry.state_dict())
+    assert restored.holds("new text") and restored.holds("later text")
+    restored.remove("mine")
+    assert not restored.holds("new text")
 
 
 # names
