@@ -222,16 +222,12 @@ def requeue_dead(
     """Put dead letters back on the feedback stream, their ids' duplicate check cleared; exit 1 if any could
     not be (still malformed, or no such dead letter)."""
     from streams.dead_letters import requeue
-    from streams.producer import FeedbackProducer
 
     if bool(ids) == every:
         _fail("name the dead letters with --id (repeatable), or pass --all")
     with _redis(data_dir, redis_url) as (client, settings):
         keys = settings.stream_keys()
-        producer = FeedbackProducer(
-            client, keys, max_backlog=settings.max_backlog, limits=settings.record_limits()
-        )
-        outcome = requeue(client, keys, producer, None if every else ids)
+        outcome = requeue(client, keys, settings.producer(client), None if every else ids)
     for dead_id, stream_id in outcome.requeued.items():
         typer.echo(f"{dead_id}: requeued as {stream_id}")
     for dead_id, reason in outcome.refused.items():
@@ -311,7 +307,6 @@ def feed(
     ] = False,
 ) -> None:
     from streams.connection import connect
-    from streams.producer import FeedbackProducer
 
     if direct and url:
         _fail("--url is for HTTP; with --direct the stream is reached through --redis-url or --data-dir")
@@ -330,13 +325,7 @@ def feed(
             except RedisUnavailableError as err:
                 _fail(f"RETENTIVE_REDIS_URL: {err}")
             stack.callback(client.close)
-            producer = FeedbackProducer(
-                client,
-                settings.stream_keys(),
-                max_backlog=settings.max_backlog,
-                limits=settings.record_limits(),
-            )
-            send = direct_sender(producer)
+            send = direct_sender(settings.producer(client))
         else:
             target = url or service_url(settings.host, settings.port)
             send = http_sender(stack.enter_context(httpx.Client(timeout=60)), target, api_key)

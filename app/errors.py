@@ -81,6 +81,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BacklogFull)
     async def backlog_full(_: Request, err: BacklogFull) -> JSONResponse:
         message = f"the learner is {err.backlog} entries behind (limit {err.limit}); retry later"
+        if err.unit == "bytes":
+            message = (
+                f"the feedback stream holds {err.backlog} bytes (limit {err.limit}, "
+                "RETENTIVE_MAX_STREAM_BYTES); retry once the learner has caught up"
+            )
         return error_response(503, "backlog_full", message, retry_after_s=err.retry_after_s)
 
     @app.exception_handler(Exception)

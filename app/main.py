@@ -32,7 +32,6 @@ from learner.classifier import Prediction
 from learner.stores import open_snapshot_store
 from streams.connection import connect
 from streams.control import Control
-from streams.producer import FeedbackProducer
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -51,9 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.api_threads)
         app.state.redis = await asyncio.to_thread(connect, settings.redis_url, settings.data_dir)
-        app.state.producer = FeedbackProducer(
-            app.state.redis, keys, max_backlog=settings.max_backlog, limits=settings.record_limits()
-        )
+        app.state.producer = settings.producer(app.state.redis)
         app.state.control = Control(app.state.redis, keys)
         await asyncio.to_thread(holder.refresh)
         stop = threading.Event()

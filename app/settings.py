@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal, TypeVar
 
+import redis
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -19,6 +20,7 @@ from learner.online import LearnerConfig
 from learner.strategies import describe as describe_strategies
 from learner.strategies import strategy_class
 from streams.keys import StreamKeys
+from streams.producer import FeedbackProducer
 from streams.records import DEFAULT_LIMITS as _RECORD
 from streams.records import RecordLimits
 
@@ -149,6 +151,12 @@ class Settings(BaseSettings):
         100_000,
         gt=0,
         description="Unacknowledged entries past which feedback is refused (503 + Retry-After).",
+    )
+    max_stream_bytes: int = Field(
+        512 * 2**20,
+        gt=0,
+        description="Bytes of Redis memory the feedback stream may hold (unacknowledged and retained "
+        "entries) past which feedback is refused (503 + Retry-After).",
     )
     max_deliveries: int = Field(
         _LOOP.max_deliveries,
@@ -304,6 +312,16 @@ class Settings(BaseSettings):
 
     def stream_keys(self) -> StreamKeys:
         return StreamKeys(self.key_prefix, self.model_name)
+
+    def producer(self, client: redis.Redis) -> FeedbackProducer:
+        """The feedback producer these settings describe, writing through `client`."""
+        return FeedbackProducer(
+            client,
+            self.stream_keys(),
+            max_backlog=self.max_backlog,
+            max_stream_bytes=self.max_stream_bytes,
+            limits=self.record_limits(),
+        )
 
     @property
     def snapshot_dir(self) -> Path | str:

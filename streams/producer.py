@@ -21,15 +21,18 @@ _RETRY_MIN_S = 5
 _RETRY_MAX_S = 60
 
 # KEYS[1] stream, KEYS[2] backlog counter, KEYS[3] counters hash, KEYS[4..] dedup keys.
-# ARGV[1] max backlog, ARGV[2] dedup ttl in seconds, ARGV[3] record count, then per record: the index in
-# KEYS of its dedup key (0 when it has no id), the number of field values, then name, value, name, ...
-# Returns {'full', backlog, new entries} or {'ok', added, duplicates, stream id per record...}.
+# ARGV[1] max backlog, ARGV[2] dedup ttl in seconds, ARGV[3] max stream bytes, ARGV[4] the request's bytes,
+# ARGV[5] record count, then per record: the index in KEYS of its dedup key (0 when it has no id), the
+# number of field values, then name, value, name, ...
+# Returns {'full', backlog, new entries}, {'too_large', stream bytes, request bytes} or
+# {'ok', added, duplicates, stream id per record...}.
 _ADD = """
 local max_backlog = tonumber(ARGV[1])
 local ttl = ARGV[2]
+local max_bytes = tonumber(ARGV[3])
 local records = {}
-local pos = 4
-for i = 1, tonumber(ARGV[3]) do
+local pos = 6
+for i = 1, tonumber(ARGV[5]) do
   local count = tonumber(ARGV[pos + 1])
   records[i] = {dedup = tonumber(ARGV[pos]), first = pos + 2, last = pos + 1 + count}
   pos = pos + 2 + count
@@ -52,6 +55,11 @@ end
 local backlog = tonumber(redis.call('GET', KEYS[2]) or '0')
 if new > 0 and backlog + new > max_backlog then
   return {'full', backlog, new}
+end
+-- Memory as Redis estimates it: unacknowledged entries and the acknowledged ones kept for replay.
+local used = tonumber(redis.call('MEMORY', 'USAGE', KEYS[1]) or 0)
+if new > 0 and used + tonumber(ARGV[4]) > max_bytes then
+  return {'too_large', used, tonumber(ARGV[4])}
 end
 
 local reply = {'ok', 0, 0}
@@ -91,16 +99,18 @@ return left
 
 
 class BacklogFull(RuntimeError):  # noqa: N818 - public API name
-    """The stream holds too many unacknowledged entries to take a request; retry after `retry_after_s`."""
+    """The stream holds too many unacknowledged entries (or, with `unit` "bytes", too much memory) to take a
+    request; retry after `retry_after_s`."""
 
-    def __init__(self, backlog: int, limit: int, requested: int) -> None:
+    def __init__(self, backlog: int, limit: int, requested: int, unit: str = "entries") -> None:
         self.backlog = backlog
         self.limit = limit
+        self.unit = unit
         overshoot = backlog + requested - limit
         growth = math.ceil((_RETRY_MAX_S - _RETRY_MIN_S) * overshoot / limit)
         self.retry_after_s = min(_RETRY_MAX_S, _RETRY_MIN_S + growth)
         super().__init__(
-            f"feedback backlog is {backlog} of {limit}; {requested} new entries do not fit, "
+            f"feedback backlog is {backlog} of {limit} {unit}; {requested} new {unit} do not fit, "
             f"retry after {self.retry_after_s} s"
         )
 
@@ -123,6 +133,8 @@ class FeedbackProducer:
 
     The backlog counts accepted entries the learner has not acknowledged; a request that would take it past
     `max_backlog` is refused whole with BacklogFull, so a single request larger than `max_backlog` never fits.
+    Entries may be large, so the stream's memory is bounded too: a request whose fields would take the
+    stream (as Redis's MEMORY USAGE estimates it) past `max_stream_bytes` is refused the same way.
     """
 
     def __init__(
@@ -131,6 +143,7 @@ class FeedbackProducer:
         keys: StreamKeys,
         *,
         max_backlog: int = 100_000,
+        max_stream_bytes: int = 512 * 2**20,
         dedup_ttl_s: int = 7 * 86400,
         limits: RecordLimits = DEFAULT_LIMITS,
     ) -> None:
@@ -141,6 +154,7 @@ class FeedbackProducer:
         self.client = client
         self.keys = keys
         self.max_backlog = max_backlog
+        self.max_stream_bytes = max_stream_bytes
         self.dedup_ttl_s = dedup_ttl_s
         self.limits = limits
         # Script objects run by EVALSHA and load themselves again after SCRIPT FLUSH or a server restart.
@@ -164,7 +178,8 @@ class FeedbackProducer:
         now = time.time()
         keys = [self.keys.feedback, self.keys.backlog, self.keys.counters]
         dedup_index: dict[str, int] = {}
-        args: list[str | int] = [self.max_backlog, self.dedup_ttl_s, len(records)]
+        args: list[str | int] = [self.max_backlog, self.dedup_ttl_s, self.max_stream_bytes, 0, len(records)]
+        size = 0
         for record in records:
             index = 0
             if record.id is not None:
@@ -177,10 +192,14 @@ class FeedbackProducer:
             args += [index, 2 * len(fields)]
             for name, value in fields.items():
                 args += [name, value]
+                size += len(name) + len(value.encode("utf-8"))
+        args[3] = size
 
         reply = self._add(keys=keys, args=args)
         if as_text(reply[0]) == "full":
             raise BacklogFull(backlog=int(reply[1]), limit=self.max_backlog, requested=int(reply[2]))
+        if as_text(reply[0]) == "too_large":
+            raise BacklogFull(int(reply[1]), self.max_stream_bytes, int(reply[2]), unit="bytes")
         return AddResult(
             stream_ids=[as_text(stream_id) for stream_id in reply[3:]],
             accepted=int(reply[1]),

@@ -175,3 +175,21 @@ def test_nonsense_settings_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         FeedbackProducer(redis_client, keys, **options)
+
+
+def test_a_stream_past_its_byte_limit_refuses_the_whole_request(
+    redis_client: redis.Redis, keys: StreamKeys
+) -> None:
+    producer = FeedbackProducer(redis_client, keys, max_stream_bytes=64 * 1024)
+    long_text = "a review that goes on " * 450  # about 10,000 characters
+    accepted = 0
+    with pytest.raises(BacklogFull) as caught:
+        while True:
+            producer.add([FeedbackRecord(text=f"{accepted} {long_text}", label="long")])
+            accepted += 1
+    # The limit holds to within one request: the stream stopped growing near 64 KB, not at the entry limit.
+    assert 3 <= accepted <= 8, accepted
+    assert caught.value.unit == "bytes" and caught.value.limit == 64 * 1024
+    assert "bytes" in str(caught.value) and 5 <= caught.value.retry_after_s <= 60
+    assert redis_client.xlen(keys.feedback) == accepted
+    assert counters(redis_client, keys) == {"accepted": accepted}
