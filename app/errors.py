@@ -15,15 +15,18 @@ from streams.producer import BacklogFull
 from streams.records import MalformedRecord
 
 # What any route may answer besides its success: one table, documented on every router.
-ERRORS = {status: {"model": ErrorBody} for status in (401, 403, 404, 409, 413, 415, 422, 503)}
+ERRORS = {status: {"model": ErrorBody} for status in (401, 403, 404, 409, 413, 415, 422, 429, 503)}
 
 
 class ApiError(Exception):
     """An error a client caused or can act on; raised anywhere, rendered by one handler."""
 
-    def __init__(self, status: int, code: str, message: str, details: object = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, details: object = None, retry_after_s: int | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details
+        self.retry_after_s = retry_after_s
 
 
 def error_response(
@@ -39,7 +42,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, err: ApiError) -> JSONResponse:
-        return error_response(err.status, err.code, err.message, err.details)
+        return error_response(err.status, err.code, err.message, err.details, err.retry_after_s)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:

@@ -32,6 +32,7 @@ from learner.classifier import Prediction
 from learner.stores import open_snapshot_store
 from streams.connection import connect
 from streams.control import Control
+from streams.rate_limit import RateLimiter
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -52,6 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.redis = await asyncio.to_thread(connect, settings.redis_url, settings.data_dir)
         app.state.producer = settings.producer(app.state.redis)
         app.state.control = Control(app.state.redis, keys)
+        app.state.rate_limiter = RateLimiter(app.state.redis, keys)
         await asyncio.to_thread(holder.refresh)
         stop = threading.Event()
         follower = threading.Thread(target=holder.follow, args=(app.state.redis, keys, stop), daemon=True)

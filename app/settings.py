@@ -152,6 +152,18 @@ class Settings(BaseSettings):
         gt=0,
         description="Unacknowledged entries past which feedback is refused (503 + Retry-After).",
     )
+    feedback_rate_limit: int = Field(
+        3000,
+        ge=0,
+        description="Feedback requests one API key may make per minute, over all replicas (429 + "
+        "Retry-After past it); 0: no limit. Without API keys nothing is limited.",
+    )
+    predict_rate_limit: int = Field(
+        30_000,
+        ge=0,
+        description="Predict requests one API key may make per minute, over all replicas (429 + "
+        "Retry-After past it); 0: no limit.",
+    )
     max_stream_bytes: int = Field(
         512 * 2**20,
         gt=0,

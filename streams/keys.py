@@ -108,6 +108,10 @@ class StreamKeys:
         """Hash of serving pressure reported by each API replica, read by the learner to back off."""
         return self._key("pressure")
 
+    def rate(self, bucket: str, who: str, window: int) -> str:
+        """Requests one client (hashed: it is an API key) made in `bucket` during one rate-limit window."""
+        return self._key(f"rate:{bucket}:{hashlib.sha256(who.encode()).hexdigest()[:32]}:{window}")
+
     def dedup(self, client_id: str) -> str:
         """Stream ID first added under a client idempotency key (hashed: the id is client text)."""
         return self._key(f"dedup:{hashlib.sha256(client_id.encode()).hexdigest()[:32]}")

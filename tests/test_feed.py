@@ -289,7 +289,9 @@ def test_direct_stops_when_the_backlog_stays_full(
     )
     assert result.exit_code == 2
     assert result.stdout == "accepted 2, duplicates 0, refused 0\n"
-    assert result.stderr.startswith("error: the feedback backlog is full (feedback backlog is 2 of 3 entries;")
+    assert result.stderr.startswith(
+        "error: the feedback backlog is full (feedback backlog is 2 of 3 entries;"
+    )
     assert "nothing from line 3 on was sent" in result.stderr
     assert redis_client.xlen(StreamKeys(key_prefix, "default").feedback) == 2
 

@@ -7,7 +7,9 @@ import redis
 from bench.service import eventually
 from streams.keys import StreamKeys
 from streams.producer import AddResult, BacklogFull, FeedbackProducer
+from streams.rate_limit import RateLimiter
 from streams.records import FeedbackRecord, MalformedRecord
+from streams.replies import as_text
 from tests.conftest import RedisTarget
 
 
@@ -193,3 +195,15 @@ def test_a_stream_past_its_byte_limit_refuses_the_whole_request(
     assert "bytes" in str(caught.value) and 5 <= caught.value.retry_after_s <= 60
     assert redis_client.xlen(keys.feedback) == accepted
     assert counters(redis_client, keys) == {"accepted": accepted}
+
+
+def test_a_rate_budget_holds_per_client_and_window(redis_client: redis.Redis, keys: StreamKeys) -> None:
+    limiter = RateLimiter(redis_client, keys)
+    start = 600 * 60 + 45.5  # 14.5 s before a window ends
+    assert [limiter.take("feedback", "key-a", 2, now=start) for _ in range(2)] == [None, None]
+    assert limiter.take("feedback", "key-a", 2, now=start) == 15
+    assert limiter.take("feedback", "key-b", 2, now=start) is None
+    assert limiter.take("predict", "key-a", 2, now=start) is None
+    assert limiter.take("feedback", "key-a", 2, now=start + 15) is None  # the next window
+    stored = [as_text(key) for key in redis_client.scan_iter(match=f"{keys.prefix}*:rate:*")]
+    assert stored and not any("key-a" in key for key in stored)  # an API key is never stored as itself

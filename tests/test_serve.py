@@ -214,3 +214,32 @@ def test_a_version_that_fails_to_load_keeps_the_last_good_one_serving_and_readyz
         eventually(lambda: served() == fixed.version, 60, "the follower to load the next good version")
         assert httpx.get(f"{base}/readyz").status_code == 200
         client.close()
+
+
+def test_a_key_past_its_feedback_rate_is_refused_with_429_and_nothing_written(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    busy, calm = {"Authorization": "Bearer busy-key"}, {"Authorization": "Bearer calm-key"}
+    with serving(
+        tmp_path,
+        "--no-learner",
+        model=tiny_model_dir,
+        api_keys="busy-key:feedback,predict;calm-key:feedback",
+        feedback_rate_limit=3,
+    ) as (base, _):
+
+        def post(headers: dict[str, str], text: str) -> httpx.Response:
+            example = {"text": text, "label": "news"}
+            return httpx.post(f"{base}/v1/feedback", json={"examples": [example]}, headers=headers)
+
+        def accepted() -> int:
+            return httpx.get(f"{base}/v1/model", headers=busy).json()["counters"].get("accepted", 0)
+
+        assert [post(busy, f"text {i}").status_code for i in range(3)] == [202, 202, 202]
+        refused = post(busy, "one too many")
+        assert refused.status_code == 429, refused.text
+        assert 1 <= int(refused.headers["Retry-After"]) <= 60
+        assert "RETENTIVE_FEEDBACK_RATE_LIMIT" in refused.json()["error"]["message"]
+        assert accepted() == 3
+        assert post(calm, "another key has its own budget").status_code == 202
+        assert accepted() == 4

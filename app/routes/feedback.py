@@ -8,6 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from app.auth import Scope, require
 from app.deps import LimitsDep, MetricsDep, ProducerDep
 from app.errors import ERRORS
+from app.rate_limits import rate_limit
 from app.schemas import FeedbackRequest, FeedbackResponse
 from streams.records import FeedbackRecord
 
@@ -18,7 +19,7 @@ router = APIRouter(responses=ERRORS)
     "/v1/feedback",
     status_code=202,
     response_model=FeedbackResponse,
-    dependencies=[Depends(require(Scope.FEEDBACK))],
+    dependencies=[Depends(require(Scope.FEEDBACK)), Depends(rate_limit("feedback", "feedback_rate_limit"))],
     summary="Add labelled examples to the learning stream, all or nothing",
 )
 async def feedback(

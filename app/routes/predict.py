@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from app.auth import Scope, require
 from app.deps import BatcherDep, LatenciesDep, LimitsDep, MetricsDep
 from app.errors import ERRORS, ApiError
+from app.rate_limits import rate_limit
 from app.schemas import PredictRequest, PredictResponse
 
 T = TypeVar("T")
@@ -22,7 +23,7 @@ router = APIRouter(responses=ERRORS)
 @router.post(
     "/v1/predict",
     response_model=PredictResponse,
-    dependencies=[Depends(require(Scope.PREDICT))],
+    dependencies=[Depends(require(Scope.PREDICT)), Depends(rate_limit("predict", "predict_rate_limit"))],
     summary="Classify texts with the newest published weights",
 )
 async def predict(
