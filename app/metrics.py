@@ -8,6 +8,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from learner.probes import REGISTERED
+
 
 class ApiMetrics:
     def __init__(self) -> None:
@@ -55,16 +57,29 @@ class ApiMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=self.registry,
         )
+        # Per probe only for registered sets, named by operators: a held-out set's name holds label text,
+        # which a page that needs no key must not show, and there may be a thousand of them.
         self.probe_accuracy = Gauge(
             "retentive_probe_accuracy",
-            "Accuracy per probe at the latest evaluation",
+            "Accuracy per registered probe set at the latest evaluation",
             ["probe"],
             registry=self.registry,
         )
         self.probe_forgetting = Gauge(
             "retentive_probe_forgetting",
-            "Forgetting per probe at the latest evaluation",
+            "Forgetting per registered probe set at the latest evaluation",
             ["probe"],
+            registry=self.registry,
+        )
+        self.forgetting = Gauge(
+            "retentive_forgetting",
+            "Over every probe set at the latest evaluation: mean_accuracy, mean_forgetting, max_forgetting",
+            ["stat"],
+            registry=self.registry,
+        )
+        self.alarms = Gauge(
+            "retentive_forgetting_alarms",
+            "Forgetting alarms active at the latest evaluation",
             registry=self.registry,
         )
 
@@ -96,7 +111,15 @@ class ApiMetrics:
     def observe_evaluation(self, evaluation: dict[str, Any]) -> None:
         self.probe_accuracy.clear()
         self.probe_forgetting.clear()
+        self.forgetting.clear()
+        for stat in ("mean_accuracy", "mean_forgetting", "max_forgetting"):
+            value = (evaluation.get("summary") or {}).get(stat)
+            if value is not None:
+                self.forgetting.labels(stat).set(value)
+        self.alarms.set(len(evaluation.get("alarms", [])))
         for probe in evaluation.get("probes", []):
+            if probe.get("source") != REGISTERED:
+                continue
             if probe.get("accuracy") is not None:
                 self.probe_accuracy.labels(probe["name"]).set(probe["accuracy"])
             if probe.get("forgetting") is not None:
