@@ -281,9 +281,12 @@ FINANCE = [f"shares fell as the bank cut its forecast {i}" for i in range(8)]
 
 
 def teach_then_poison(running: RunningLoop) -> Manifest:
-    """Teach sports and finance with a registered sports probe, snapshot that, then stream the two labels
-    swapped; returns the snapshot taken before the poison."""
-    running.control.put_probe("sports", [(text, "sports") for text in SPORTS])
+    """Teach sports and finance with a registered sports probe (texts never trained on: a probe's texts are
+    held out wherever they come), snapshot that, then stream the two labels swapped; returns the snapshot
+    taken before the poison."""
+    # Eight texts: all of them going wrong is significant (0.5 ** 8), as an alarm needs.
+    probe = [f"the team won the match {i} with a late goal" for i in range(8, 16)]
+    running.control.put_probe("sports", [(text, "sports") for text in probe])
     producer = FeedbackProducer(running.client, running.keys)
 
     def add(round_: str, sports_label: str, finance_label: str) -> None:
