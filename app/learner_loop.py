@@ -448,7 +448,18 @@ class LearnerLoop:
             self._roll_back(wanted.rollback)
         if wanted.probes_revision != self._probes_revision:
             self._sync_probes(wanted.probes_revision)
+        if wanted.label_removals:
+            self._remove_labels(wanted.label_removals)
         self.paused = wanted.paused is not None
+
+    def _remove_labels(self, labels: frozenset[str]) -> None:
+        """Take the labels out and snapshot at once, so every replica serves the model without them; the
+        request is marked done only once that snapshot is durable (a failed one is tried again)."""
+        removed = self.learner.remove_labels(sorted(labels))
+        if removed:
+            log.info(json.dumps({"event": "labels_removed", "labels": removed}))
+        if self.snapshot() is not None:
+            self.control.finish_label_removal(labels)
 
     def _should_back_off(self) -> bool:
         """Back off while serving is under pressure, but never longer than `backoff_max_s` in a row: then

@@ -220,6 +220,22 @@ class VersionEvent(Strict):
     )
 
 
+class LabelRemoval(Strict):
+    labels: list[Label] = Field(
+        min_length=1,
+        max_length=100,
+        description="Labels to take out of the model: their head rows, replayed examples and held-out probe "
+        "sets. Feedback that names one later adds it anew.",
+    )
+
+
+class LabelRemovalAccepted(Strict):
+    removing: list[str] = Field(description="The labels the learner will take out before its next step.")
+    learner: LearnerState = Field(
+        description="running or paused: the learner removes them next; standby or absent: once one runs."
+    )
+
+
 class RollbackOptions(Strict):
     replay: bool = Field(
         False,

@@ -64,6 +64,12 @@ class OpenHead(nn.Module):
         if self.bias is not None:
             self.bias = nn.Parameter(torch.cat([self.bias.detach(), new_rows.new_zeros(len(new_rows))]))
 
+    def keep(self, rows: Tensor) -> None:
+        """Keep only these rows, in this order; the logits of the kept labels are untouched."""
+        self.weight = nn.Parameter(self.weight.detach()[rows])
+        if self.bias is not None:
+            self.bias = nn.Parameter(self.bias.detach()[rows])
+
     def resize(self, rows: int) -> None:
         """Make room for `rows` labels before loading a saved head of that size."""
         if rows != self.rows:
@@ -156,6 +162,15 @@ class TextClassifier(nn.Module):
         if self.head.kind == "linear" and self.head.rows:
             row = row * self.head.weight.detach().norm(dim=1).mean()
         return row
+
+    def remove_labels(self, labels: set[str]) -> Tensor:
+        """Drop these labels' head rows; the indices of the rows kept, in their order."""
+        kept = torch.tensor(
+            [i for i, label in enumerate(self.labels) if label not in labels], dtype=torch.long
+        )
+        self.head.keep(kept)
+        self.set_labels([label for label in self.labels if label not in labels])
+        return kept
 
     def set_labels(self, labels: list[str]) -> None:
         self.labels = list(labels)

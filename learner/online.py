@@ -16,7 +16,12 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from learner.classifier import HeadKind, Prediction, TextClassifier
 from learner.forgetting import Alarm, ForgettingTracker
 from learner.losses import LossKind, classification_loss
-from learner.optimizer_state import join_optimizer_state, split_optimizer_state, swap_parameter
+from learner.optimizer_state import (
+    join_optimizer_state,
+    keep_parameter_rows,
+    split_optimizer_state,
+    swap_parameter,
+)
 from learner.prequential import PrequentialAccuracy
 from learner.probes import MIN_SIZE, REGISTERED, ProbeRegistry, evaluate, held_out
 from learner.snapshots import MODEL, Manifest, Snapshot, SnapshotStore
@@ -194,6 +199,27 @@ class OnlineLearner:
     def summary(self) -> dict[str, float | None]:
         """Mean accuracy and largest forgetting over the probes, as of the last evaluation."""
         return self.tracker.summary()
+
+    def remove_labels(self, labels: list[str]) -> list[str]:
+        """Take labels out of the model, as an operator does with labels junk feedback added: their head
+        rows and optimizer state, their replayed examples and held-out sets go; a registered set holding
+        one starts its history again. Feedback that names a label later adds it anew. The labels removed."""
+        gone = set(labels) & set(self.model.labels)
+        if not gone:
+            return []
+        old = [self.model.head.weight, self.model.head.bias]
+        kept = self.model.remove_labels(gone)
+        for before, after in zip(old, [self.model.head.weight, self.model.head.bias], strict=True):
+            if before is not None:
+                keep_parameter_rows(self.optimizer, before, after, kept)
+        self.strategy.forget_labels(gone)
+        for label in gone:
+            for name in self.probes.remove_label(label):
+                self.tracker.forget(name)
+        for probe in self.probes.probes():
+            if any(label in gone for _, label in probe.examples):
+                self.tracker.forget(probe.name)
+        return sorted(gone)
 
     def register_probe(self, name: str, examples: list[tuple[str, str]]) -> None:
         """Add or replace a user probe set; a replaced probe's history starts again."""

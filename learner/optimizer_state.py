@@ -15,10 +15,7 @@ def swap_parameter(optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn.
     Fresh includes the step count: a new row is bias-corrected from its own first step, as a new AdamW would
     be (with the old rows' count its first update would be up to several times the learning rate). That
     needs an optimizer with per-row steps (`GatedAdamW`), which every strategy uses."""
-    for group in optimizer.param_groups:
-        for i, param in enumerate(group["params"]):
-            if param is old:
-                group["params"][i] = new
+    _repoint(optimizer, old, new)
     state = optimizer.state.pop(old, None)
     if state is None:
         return
@@ -28,6 +25,29 @@ def swap_parameter(optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn.
         fresh = step.new_zeros(new.shape[0] - old.shape[0], dtype=torch.float32)
         grown["step"] = torch.cat([step.float().expand(old.shape[0]), fresh])
     optimizer.state[new] = grown
+
+
+def keep_parameter_rows(
+    optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn.Parameter, rows: Tensor
+) -> None:
+    """Point the optimizer at a parameter cut down to `rows` of `old`, keeping exactly those rows' state."""
+    _repoint(optimizer, old, new)
+    state = optimizer.state.pop(old, None)
+    if state is not None:
+        optimizer.state[new] = {key: _kept_rows(value, old.shape[0], rows) for key, value in state.items()}
+
+
+def _repoint(optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn.Parameter) -> None:
+    for group in optimizer.param_groups:
+        for i, param in enumerate(group["params"]):
+            if param is old:
+                group["params"][i] = new
+
+
+def _kept_rows(value: object, old_rows: int, rows: Tensor) -> object:
+    if not isinstance(value, torch.Tensor) or value.ndim == 0 or value.shape[0] != old_rows:
+        return value
+    return value[rows].clone()
 
 
 def _grow_rows(value: object, old_rows: int, new_rows: int) -> object:

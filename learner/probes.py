@@ -248,6 +248,13 @@ class ProbeRegistry:
             self._texts.subtract(text for text, _ in probe.examples)
         return probe is not None
 
+    def remove_label(self, label: str) -> list[str]:
+        """Delete the held-out sets of this label; their names."""
+        names = [p.name for p in self.probes() if p.source == HELD_OUT and p.label == label]
+        for name in names:
+            self.remove(name)
+        return names
+
     def add_held_out(self, text: str, label: str, position: int, updates: int) -> str | None:
         """Store a held-out example in its label/window set; the set's name, or None when it overflowed.
 

@@ -1,4 +1,4 @@
-"""What operators ask of the learner: pause, resume, roll back, and the registered probe sets.
+"""What operators ask of the learner: pause, resume, roll back, remove labels, and the registered probe sets.
 
 These are kept as state in Redis, not sent as messages: the API writes what is wanted, and the active
 learner reconciles with it before every micro-batch. A learner that restarts, or a standby that takes over,
@@ -63,6 +63,7 @@ class ControlState:
     paused: str | None = None
     rollback: RollbackRequest | None = None
     probes_revision: int = 0
+    label_removals: frozenset[str] = frozenset()
 
 
 class Control:
@@ -71,13 +72,27 @@ class Control:
         self.keys = keys
 
     def state(self) -> ControlState:
-        fields = {as_text(k): as_text(v) for k, v in self.client.hgetall(self.keys.control).items()}
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.keys.control)
+        pipe.smembers(self.keys.label_removals)
+        raw, removals = pipe.execute()
+        fields = {as_text(k): as_text(v) for k, v in raw.items()}
         rollback = fields.get(ROLLBACK)
         return ControlState(
             paused=fields.get(PAUSED),
             rollback=RollbackRequest.from_json(rollback) if rollback else None,
             probes_revision=int(fields.get(PROBES_REVISION, 0)),
+            label_removals=frozenset(as_text(label) for label in removals),
         )
+
+    def request_label_removal(self, labels: list[str]) -> None:
+        """Ask the learner to take these labels out of the model."""
+        self.client.sadd(self.keys.label_removals, *labels)
+
+    def finish_label_removal(self, labels: frozenset[str]) -> None:
+        """Mark these removals done; labels asked for meanwhile stay asked for."""
+        if labels:
+            self.client.srem(self.keys.label_removals, *labels)
 
     def pause(self, reason: str) -> None:
         """Stop learning until `resume`; `reason` says who asked and why."""

@@ -39,6 +39,11 @@ class StreamKeys:
         return self._key("applying")
 
     @property
+    def label_removals(self) -> str:
+        """Set: labels an operator asked the learner to take out of the model, until it has."""
+        return self._key("label_removals")
+
+    @property
     def requeued(self) -> str:
         """Hash: dead letters an operator put back on the stream, to the ID each got there."""
         return self._key("requeued")

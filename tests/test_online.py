@@ -298,3 +298,33 @@ def test_the_probe_salt_is_random_and_travels_in_snapshots(tmp_path: Path) -> No
     restored = OnlineLearner(*tiny_bert(seed=0), LearnerConfig())
     restored.restore(store.load(store.latest().id))
     assert restored.probe_salt == learner.probe_salt
+
+
+def test_an_operator_removes_a_label_and_learning_goes_on_without_it(tmp_path: Path) -> None:
+    learner = make_learner(strategy="migu+replay", probe_fraction=0.2, probe_min_size=1)
+    junk = [f"buy cheap pills now {i}" for i in range(8)]
+    for start in range(0, 8, 4):
+        learner.learn(
+            [Example(t, "sports") for t in SPORTS[start : start + 4]]
+            + [Example(t, "finance") for t in FINANCE[start : start + 4]]
+            + [Example(t, "spam") for t in junk[start : start + 4]]
+        )
+    head = learner.model.head.weight
+    moments = learner.optimizer.state[head]["exp_avg"].clone()
+    kept_rows = [learner.labels.index(label) for label in ("sports", "finance")]
+
+    assert learner.remove_labels(["spam", "never seen"]) == ["spam"]
+
+    assert learner.labels == ["sports", "finance"]
+    torch.testing.assert_close(
+        learner.optimizer.state[learner.model.head.weight]["exp_avg"], moments[kept_rows]
+    )
+    assert all(label != "spam" for _, label in learner.strategy.buffer.items)
+    assert not any(":spam:" in probe.name for probe in learner.probes.probes())
+    assert {p.label for p in learner.predict(junk + SPORTS)} <= {"sports", "finance"}
+    learner.learn([Example(SPORTS[0], "sports"), Example(FINANCE[0], "finance")])  # steps go on
+    store = SnapshotStore(tmp_path)
+    learner.save(store)
+    restored = make_learner(strategy="migu+replay", probe_fraction=0.2, probe_min_size=1)
+    restored.restore(store.load(store.latest().id))
+    assert restored.labels == ["sports", "finance"]

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from app.settings import Settings
-from bench.service import eventually, free_port, serve_log, serving
+from bench.service import QUICK_LEARNER, eventually, free_port, serve_log, serving
 from learner.snapshots import SnapshotStore
 from streams.connection import connect
 from streams.notify import publish_version
@@ -243,3 +243,29 @@ def test_a_key_past_its_feedback_rate_is_refused_with_429_and_nothing_written(
         assert accepted() == 3
         assert post(calm, "another key has its own budget").status_code == 202
         assert accepted() == 4
+
+
+def test_an_operator_removes_a_junk_label_and_the_served_model_drops_it(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    texts = {
+        "sports": "the striker scored a late goal in the match",
+        "finance": "shares fell as the bank cut its forecast",
+        "spam": "buy cheap pills now click this link",
+    }
+    examples = [{"text": f"{text} {i}", "label": label} for i in range(8) for label, text in texts.items()]
+    with serving(tmp_path, model=tiny_model_dir, **QUICK_LEARNER) as (base, _):
+
+        def served_labels() -> set[str]:
+            return set(httpx.get(f"{base}/v1/model").json()["labels"])
+
+        assert httpx.post(f"{base}/v1/feedback", json={"examples": examples}).status_code == 202
+        eventually(lambda: served_labels() == set(texts), 120, "all three labels served")
+        refused = httpx.post(f"{base}/v1/labels/remove", json={"labels": []})
+        assert refused.status_code == 422 and "labels" in refused.json()["error"]["message"]
+
+        accepted = httpx.post(f"{base}/v1/labels/remove", json={"labels": ["spam"]})
+        assert accepted.status_code == 202 and accepted.json()["removing"] == ["spam"]
+        eventually(lambda: served_labels() == {"sports", "finance"}, 120, "the model served without spam")
+        answers = httpx.post(f"{base}/v1/predict", json={"inputs": [texts["spam"]], "top_k": 2}).json()
+        assert {scored["label"] for scored in answers["predictions"][0]["top"]} == {"sports", "finance"}

@@ -59,6 +59,9 @@ class Strategy:
     def discard(self) -> None:
         """After a step that was skipped: forget what was measured for it."""
 
+    def forget_labels(self, labels: set[str]) -> None:
+        """After an operator removed these labels: drop whatever the strategy keeps of them."""
+
     def keep_rates(self) -> dict[str, float]:
         """Share of rows updated by the last step, per gated layer (none for an ungated strategy)."""
         return {}

@@ -32,6 +32,10 @@ class Replay(Strategy):
         for text, label in zip(texts, labels, strict=True):
             self.buffer.add(text, label)
 
+    def forget_labels(self, labels: set[str]) -> None:
+        super().forget_labels(labels)
+        self.buffer.items = [(text, label) for text, label in self.buffer.items if label not in labels]
+
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         tensors, state = super().state()
         return tensors, {**state, "replay": self.buffer.state_dict()}
