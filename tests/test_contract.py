@@ -50,6 +50,7 @@ SCOPES = {
     ("POST", "/v1/learner/resume"): "admin",
     ("GET", "/v1/dead-letters"): "admin",
     ("POST", "/v1/dead-letters/requeue"): "admin",
+    ("POST", "/v1/labels/remove"): "admin",
     ("GET", "/healthz"): None,
     ("GET", "/readyz"): None,
     ("GET", "/metrics"): None,
@@ -59,6 +60,7 @@ BODIES = {
     "/v1/feedback": {"examples": [{"text": "a short text", "label": "news"}]},
     "/v1/probes/{name}": {"examples": [{"text": "a probe text", "label": "news"}]},
     "/v1/dead-letters/requeue": {"all": True},
+    "/v1/labels/remove": {"labels": ["news"]},
 }
 
 
