@@ -551,7 +551,11 @@ class LearnerLoop:
 
     def _publish_evaluation(self, alarms: list[Alarm], rolled_back_to: str | None) -> None:
         forgetting = self.learner.forgetting_report()
-        record_evaluation(self.client, self.keys, forgetting)
+        active = {alarm["probe"]: alarm for alarm in forgetting["alarms"]}
+        figures = {
+            probe["name"]: {**probe, "alarm": active.get(probe["name"])} for probe in forgetting["probes"]
+        }
+        record_evaluation(self.client, self.keys, self.learner.tracker.column(), figures)
         summary = forgetting["summary"]
         log.info(
             json.dumps(

@@ -8,8 +8,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from learner.probes import REGISTERED
-
 
 class ApiMetrics:
     def __init__(self) -> None:
@@ -57,8 +55,9 @@ class ApiMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=self.registry,
         )
-        # Per probe only for registered sets, named by operators: a held-out set's name holds label text,
-        # which a page that needs no key must not show, and there may be a thousand of them.
+        # Per probe only for registered sets, named by operators (the first METRICS_PROBE_SETS by name): a
+        # held-out set's name holds label text, which a page that needs no key must not show, and there
+        # may be a thousand of them.
         self.probe_accuracy = Gauge(
             "retentive_probe_accuracy",
             "Accuracy per registered probe set at the latest evaluation",
@@ -108,7 +107,8 @@ class ApiMetrics:
             if value is not None:
                 self.prequential.labels(window).set(value)
 
-    def observe_evaluation(self, evaluation: dict[str, Any]) -> None:
+    def observe_evaluation(self, evaluation: dict[str, Any], registered: dict[str, dict[str, Any]]) -> None:
+        """The latest evaluation's summary, and the current figures of registered probe sets."""
         self.probe_accuracy.clear()
         self.probe_forgetting.clear()
         self.forgetting.clear()
@@ -116,14 +116,12 @@ class ApiMetrics:
             value = (evaluation.get("summary") or {}).get(stat)
             if value is not None:
                 self.forgetting.labels(stat).set(value)
-        self.alarms.set(len(evaluation.get("alarms", [])))
-        for probe in evaluation.get("probes", []):
-            if probe.get("source") != REGISTERED:
-                continue
+        self.alarms.set(evaluation.get("alarms_active", 0))
+        for name, probe in registered.items():
             if probe.get("accuracy") is not None:
-                self.probe_accuracy.labels(probe["name"]).set(probe["accuracy"])
+                self.probe_accuracy.labels(name).set(probe["accuracy"])
             if probe.get("forgetting") is not None:
-                self.probe_forgetting.labels(probe["name"]).set(probe["forgetting"])
+                self.probe_forgetting.labels(name).set(probe["forgetting"])
 
 
 class RequestMetrics:

@@ -117,6 +117,12 @@ class Settings(BaseSettings):
     eval_every: int = Field(
         _LEARNER.eval_every, gt=0, description="Evaluate the probes every this many updates."
     )
+    eval_budget: int = Field(
+        _LEARNER.eval_budget,
+        gt=0,
+        description="Most probe texts one evaluation scores: the sets evaluated longest ago go first, so "
+        "evaluation costs a bounded share of the learner's time however many sets exist.",
+    )
     alarm_threshold: float = Field(
         _LEARNER.alarm_threshold, ge=0, lt=1, description="Forgetting on a probe above this raises an alarm."
     )

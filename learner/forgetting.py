@@ -12,6 +12,10 @@ reference moves to a later evaluation only when that one is significantly better
 `best` is the reference's accuracy. An alarm fires when the forgetting is above the threshold and
 significant; with a model whose predictions never change, b = c = 0 and nothing can fire. BWT is the
 current accuracy minus the first.
+
+An evaluation may score only some probes (the learner spends a budget of texts per evaluation on the sets
+evaluated longest ago): each probe keeps the figures of its own latest evaluation, and the summary is over
+every tracked probe.
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ class _ProbeStats:
     dropped: int = 0  # b: right at the reference, wrong now
     recovered: int = 0  # c: wrong at the reference, right now
     size: int = 0
+    evaluated_updates: int = 0  # learner updates at this probe's latest evaluation
 
     @property
     def forgetting(self) -> float:
@@ -183,14 +188,13 @@ def _accuracy(name: object, value: Any) -> float:
 class ForgettingTracker:
     """Accuracy of every probe over the learner's evaluations, and the forgetting it shows.
 
-    The last `max_history` evaluations are kept (the history and the matrix are windows onto those),
-    while each probe's first and best accuracy stay exact for as long as the probe appears in a kept
-    evaluation. A probe no kept evaluation mentions any more is dropped; `forget` drops one at once.
+    The last `max_history` evaluations are kept (each probe's history is a window onto those), while each
+    probe's first and best accuracy stay exact until `forget` drops the probe (its set was retired,
+    replaced or deleted).
 
     Alarms: when a probe's forgetting goes above `alarm_threshold` and is significant (see the module's
-    notes), one `Alarm` fires; it stays active, without firing again, until that no longer holds (or the
-    probe is missing from an evaluation), and may fire again after that. The last `max_alarm_log` alarms
-    are logged.
+    notes), one `Alarm` fires; it stays active, without firing again, until an evaluation of that probe no
+    longer shows it, and may fire again after that. The last `max_alarm_log` alarms are logged.
     """
 
     def __init__(
@@ -215,14 +219,11 @@ class ForgettingTracker:
         outcomes: Mapping[str, Sequence[bool]],
         at: str | None = None,
     ) -> list[Alarm]:
-        """Add one evaluation (per probe, whether each of its examples was right); return the alarms that
-        fired at it, by probe name."""
+        """Add one evaluation (per probe it scored, whether each of its examples was right); return the
+        alarms that fired at it, by probe name."""
         current = {name: _accuracy(name, _accuracy_of(values)) for name, values in outcomes.items()}
         evaluation = _Evaluation(int(updates), int(model_version), at or _now(), current)
-        evicted = self._evaluations[0] if len(self._evaluations) == self.max_history else None
         self._evaluations.append(evaluation)
-        if evicted is not None:
-            self._drop_unseen(evicted.accuracies.keys() - current.keys())
 
         fired = []
         for name in sorted(current):
@@ -231,6 +232,7 @@ class ForgettingTracker:
             if stats is None:
                 stats = self._stats[name] = _ProbeStats(first=accuracy, best=accuracy, current=accuracy)
             stats.compare(outcomes[name])
+            stats.evaluated_updates = evaluation.updates
             if not stats.significant_drop(self.alarm_threshold):
                 self._active.pop(name, None)
             elif name not in self._active:
@@ -246,9 +248,12 @@ class ForgettingTracker:
                 self._active[name] = alarm
                 self._log.append(alarm)
                 fired.append(alarm)
-        for name in self._active.keys() - current.keys():
-            del self._active[name]
         return fired
+
+    def last_evaluated(self, name: str) -> int | None:
+        """Learner updates at this probe's latest evaluation; None when it was never evaluated."""
+        stats = self._stats.get(name)
+        return None if stats is None else stats.evaluated_updates
 
     def __contains__(self, name: object) -> bool:
         """Whether this probe has been evaluated and is still tracked."""
@@ -271,17 +276,14 @@ class ForgettingTracker:
         return list(self._log)
 
     def summary(self) -> dict[str, float | None]:
-        """Mean accuracy, mean and max forgetting and mean BWT over the probes of the latest evaluation.
-
-        All values are None before the first evaluation, or when the latest one had no probes.
-        """
-        latest = self._evaluations[-1].accuracies if self._evaluations else {}
-        if not latest:
+        """Mean accuracy, mean and max forgetting and mean BWT over every tracked probe, each as of its own
+        latest evaluation. All values are None while no probe is tracked."""
+        if not self._stats:
             return {"mean_accuracy": None, "mean_forgetting": None, "max_forgetting": None, "bwt": None}
-        stats = [self._stats[name] for name in latest]
+        stats = list(self._stats.values())
         forgetting = [probe.forgetting for probe in stats]
         return {
-            "mean_accuracy": _mean(list(latest.values())),
+            "mean_accuracy": _mean([probe.current for probe in stats]),
             "mean_forgetting": _mean(forgetting),
             "max_forgetting": max(forgetting),
             "bwt": _mean([probe.bwt for probe in stats]),
@@ -313,13 +315,13 @@ class ForgettingTracker:
         sources: Mapping[str, str] | None = None,
         history_limit: int | None = None,
     ) -> dict[str, Any]:
-        """The latest evaluation's probes, summary and active alarms, shaped for the API.
+        """Every tracked probe's latest figures, the summary and the active alarms, shaped for the API.
 
         The tracker does not know probe sizes or sources; pass them to fill each probe's "size" and
         "source", which are None otherwise.
         """
         latest = self._evaluations[-1] if self._evaluations else None
-        names = sorted(latest.accuracies) if latest else []
+        names = sorted(self._stats)
         probes = []
         for name in names:
             entry = self._entry(name, self._stats[name], history_limit)
@@ -333,6 +335,29 @@ class ForgettingTracker:
             "summary": self.summary(),
             "probes": probes,
             "alarms": [alarm.to_dict() for alarm in self.active_alarms()],
+        }
+
+    def column(self) -> dict[str, Any]:
+        """The latest evaluation alone, compact: the summary, and one row per probe it scored,
+        `[name, accuracy]`, or `[name, accuracy, forgetting, best_accuracy]` when an alarm fired on it
+        then. Its size is bounded by the probes one evaluation scores, however many exist or however long
+        the stream ran."""
+        latest = self._evaluations[-1] if self._evaluations else None
+        if latest is None:
+            return {}
+        fired = {alarm.probe: alarm for alarm in self._active.values() if alarm.at == latest.at}
+        scored = []
+        for name, accuracy in sorted(latest.accuracies.items()):
+            alarm = fired.get(name)
+            extra = [] if alarm is None else [round(alarm.forgetting, 4), round(alarm.best_accuracy, 4)]
+            scored.append([name, round(accuracy, 4), *extra])
+        return {
+            "model_version": latest.model_version,
+            "updates": latest.updates,
+            "evaluated_at": latest.at,
+            "summary": self.summary(),
+            "alarms_active": len(self._active),
+            "scored": scored,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -376,6 +401,7 @@ class ForgettingTracker:
                     dropped=int(item.get("dropped", 0)),
                     recovered=int(item.get("recovered", 0)),
                     size=int(item.get("size", 0)),
+                    evaluated_updates=int(item.get("evaluated_updates", 0)),
                 )
                 for name, item in state["probes"].items()
             }
@@ -388,13 +414,6 @@ class ForgettingTracker:
         if missing:
             raise ValueError(f"malformed forgetting tracker state: no state for probes {sorted(missing)}")
         self._evaluations, self._stats, self._active, self._log = evaluations, stats, active, log
-
-    def _drop_unseen(self, names: set[str]) -> None:
-        """Forget probes that no kept evaluation mentions any more, so state stays bounded."""
-        for name in names:
-            if not any(name in ev.accuracies for ev in self._evaluations):
-                self._stats.pop(name, None)
-                self._active.pop(name, None)
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,13 @@ from learner.optimizer_state import (
     swap_parameter,
 )
 from learner.prequential import PrequentialAccuracy
-from learner.probes import MIN_SIZE, REGISTERED, ProbeRegistry, evaluate, held_out
+from learner.probes import MIN_SIZE, REGISTERED, ProbeRegistry, due_for_evaluation, evaluate, held_out
 from learner.snapshots import MODEL, Manifest, Snapshot, SnapshotStore
 from learner.strategies import StrategyContext, make_strategy
 
 TRAINER = "trainer"
+# Points of each probe's accuracy history in a report: enough for the dashboard's line, bounded per probe.
+HISTORY_POINTS = 20
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class LearnerConfig:
     probe_size: int = 200
     probe_min_size: int = MIN_SIZE
     eval_every: int = 50
+    eval_budget: int = 400
     alarm_threshold: float = 0.2
     seed: int = 0
 
@@ -318,8 +321,11 @@ class OnlineLearner:
         return self.model.predict(texts, top_k=top_k)
 
     def evaluate(self) -> list[Alarm]:
-        """Accuracy on every probe; returns the forgetting alarms this evaluation raised."""
-        probes = self.probes.evaluable()
+        """Accuracy on the probe sets due (`due_for_evaluation`, within `eval_budget` texts); returns the
+        forgetting alarms this evaluation raised."""
+        probes = due_for_evaluation(
+            self.probes.evaluable(), self.config.eval_budget, self.tracker.last_evaluated
+        )
         if not probes or not self.model.labels:
             return []
         outcomes = evaluate(probes, lambda texts: [p.label for p in self.model.predict(texts)])
@@ -328,7 +334,9 @@ class OnlineLearner:
     def forgetting_report(self) -> dict[str, Any]:
         probes = self.probes.probes()
         return self.tracker.report(
-            sizes={p.name: p.size for p in probes}, sources={p.name: p.source for p in probes}
+            sizes={p.name: p.size for p in probes},
+            sources={p.name: p.source for p in probes},
+            history_limit=HISTORY_POINTS,
         )
 
     def save(

@@ -343,6 +343,32 @@ class ProbeRegistry:
         return True
 
 
+def due_for_evaluation(
+    probes: Iterable[ProbeSet], budget: int, last_evaluated: Callable[[str], int | None]
+) -> list[ProbeSet]:
+    """The sets one evaluation scores: never-evaluated ones first, then those evaluated longest ago, while
+    their texts fit in `budget`.
+
+    The first set is taken even when it alone is over the budget, and the order stops at the first set
+    that does not fit rather than skipping it, so no set waits for ever behind smaller ones. Each set is
+    scored whole, so its paired comparison with its reference stays exact; the cost of one evaluation is
+    bounded by the budget however many sets exist, and every set is reached within total size / budget
+    evaluations (plus one).
+    """
+
+    def staleness(probe: ProbeSet) -> tuple[int, str]:
+        updates = last_evaluated(probe.name)
+        return (-1 if updates is None else updates, probe.name)
+
+    chosen, texts = [], 0
+    for probe in sorted(probes, key=staleness):
+        if chosen and texts + probe.size > budget:
+            break
+        chosen.append(probe)
+        texts += probe.size
+    return chosen
+
+
 def evaluate(probes: Iterable[ProbeSet], predict: Callable[[list[str]], list[str]]) -> dict[str, list[bool]]:
     """Whether `predict` gets each example of each non-empty probe right, in the probe's order, by name.
 

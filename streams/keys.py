@@ -64,6 +64,11 @@ class StreamKeys:
         return self._key("evals")
 
     @property
+    def probe_figures(self) -> str:
+        """Every tracked probe's current figures (a hash of probe name to JSON), replaced per evaluation."""
+        return self._key("probe_figures")
+
+    @property
     def version_log(self) -> str:
         """Recent version announcements (a bounded list of JSON documents), newest first."""
         return self._key("version_log")

@@ -66,13 +66,28 @@ def latest_version(client: redis.Redis, keys: StreamKeys) -> tuple[int, str] | N
     return int(version), as_text(snapshot_id)
 
 
-def record_evaluation(client: redis.Redis, keys: StreamKeys, evaluation: dict, keep: int = 200) -> None:
-    """Add one evaluation (a JSON-serialisable dict), keeping only the newest `keep`."""
+def record_evaluation(
+    client: redis.Redis,
+    keys: StreamKeys,
+    evaluation: Mapping[str, Any],
+    figures: Mapping[str, Mapping[str, Any]],
+    keep: int = 200,
+) -> None:
+    """Add one evaluation (a compact JSON-serialisable column; none when empty), keeping the newest
+    `keep`, and replace every probe's current `figures` (by probe name) in the same transaction.
+
+    The two are kept apart so that an evaluation stays small however many probes exist: the list holds
+    what each evaluation scored, the hash what is known of each probe now.
+    """
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
     pipe = client.pipeline(transaction=True)
-    pipe.lpush(keys.evals, json.dumps(evaluation))
-    pipe.ltrim(keys.evals, 0, keep - 1)
+    if evaluation:
+        pipe.lpush(keys.evals, json.dumps(evaluation, separators=(",", ":")))
+        pipe.ltrim(keys.evals, 0, keep - 1)
+    pipe.delete(keys.probe_figures)
+    if figures:
+        pipe.hset(keys.probe_figures, mapping={name: json.dumps(item) for name, item in figures.items()})
     pipe.execute()
 
 
@@ -81,6 +96,19 @@ def recent_evaluations(client: redis.Redis, keys: StreamKeys, limit: int = 50) -
     if limit < 1:
         return []
     return [json.loads(item) for item in client.lrange(keys.evals, 0, limit - 1)]
+
+
+def probe_figures(
+    client: redis.Redis, keys: StreamKeys, names: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The current figures of the named probes that have them (of every probe when `names` is None)."""
+    if names is None:
+        stored = client.hgetall(keys.probe_figures).items()
+    elif names:
+        stored = zip(names, client.hmget(keys.probe_figures, names), strict=True)
+    else:
+        return {}
+    return {as_text(name): json.loads(raw) for name, raw in stored if raw is not None}
 
 
 def set_counters(client: redis.Redis, keys: StreamKeys, values: Mapping[str, int | float | str]) -> None:

@@ -98,6 +98,7 @@ def test_speed_quick_measures_every_figure_against_its_reference(tmp_path: Path,
         "freshness_s",
         "learner_rss_mb",
         "api_rss_mb",
+        "eval_share",
     ]
     for key in figures:
         assert math.isfinite(result[key]) and result[key] > 0, key
@@ -107,6 +108,8 @@ def test_speed_quick_measures_every_figure_against_its_reference(tmp_path: Path,
     assert service["requests_learning"] > 0 and service["requests_paused"] > 0
     learner = result["details"]["learner"]
     assert learner["default_strategy"] == Settings().strategy and learner["default_examples_per_s"] > 0
+    evaluation = result["details"]["evaluation"]
+    assert evaluation["sets_scored"] >= 1 and evaluation["eval_budget"] == Settings().eval_budget
 
 
 def test_arrival_patterns_deliver_every_example_once_in_their_own_shape() -> None:

@@ -1,10 +1,13 @@
 import json
 
 import pytest
+import redis
 
 from learner.forgetting import Alarm, AlarmPolicy, ForgettingTracker, TaskMetrics, task_metrics
 from learner.online import LearnerConfig
-from learner.probes import ProbeRegistry, evaluate, held_out
+from learner.probes import MAX_NAME_LENGTH, ProbeRegistry, due_for_evaluation, evaluate, held_out
+from streams.keys import StreamKeys
+from streams.notify import record_evaluation
 
 # task-based metrics
 
@@ -179,11 +182,14 @@ def test_alarm_threshold_is_not_crossed_by_rounding():
     assert probe(tracker, "p")["forgetting"] == 0.2
 
 
-def test_alarm_clears_when_its_probe_leaves_and_log_is_bounded():
+def test_an_alarm_stays_while_its_probe_waits_its_turn_and_clears_when_forgotten():
     tracker = ForgettingTracker(alarm_threshold=0.1, max_alarm_log=2)
     tracker.record(1, 1, _right({"p": 1.0, "q": 1.0}))
     assert len(tracker.record(2, 1, _right({"p": 0.5, "q": 0.5}))) == 2
     tracker.record(3, 1, _right({"q": 0.5}))
+    assert [alarm.probe for alarm in tracker.active_alarms()] == ["p", "q"]
+    assert tracker.column()["alarms_active"] == 2 and tracker.column()["fired"] == {}
+    tracker.forget("p")
     assert [alarm.probe for alarm in tracker.active_alarms()] == ["q"]
     tracker.record(4, 1, _right({"q": 1.0}))
     tracker.record(5, 1, _right({"q": 0.5}))
@@ -212,8 +218,9 @@ def test_history_is_bounded_but_first_and_best_stay_exact():
     assert [point["updates"] for point in a["history"]] == [3, 4, 5]
     assert (a["first_accuracy"], a["best_accuracy"]) == (0.9, 0.9)
     assert a["forgetting"] == pytest.approx(0.5)
-    # A probe no kept evaluation mentions is no longer tracked.
-    assert probe(tracker, "gone") is None
+    # A probe unscored for longer than the history keeps its figures, with no history left.
+    gone = probe(tracker, "gone")
+    assert (gone["accuracy"], gone["history"]) == (0.5, [])
     assert [point["accuracy"] for point in a["history"]] == [0.5, 0.7, 0.4]
 
 
@@ -282,7 +289,8 @@ LABELS = [f"label{i}" for i in range(5)]
 
 def _frozen_model_stream(flip_label_from: int | None = None) -> tuple[list[list[Alarm]], ForgettingTracker]:
     """A 20,000-example stream over 5 labels through the real probe registry and tracker, evaluated as
-    often as the learner evaluates (every `eval_every` updates of 16 examples), with a model whose
+    often and as much as the learner evaluates (every `eval_every` updates of 16 examples, the sets due
+    within `eval_budget`), with a model whose
     predictions never change: each text right or wrong by its hash. From `flip_label_from` on, every
     text of the first label is predicted wrong. The alarms of each evaluation, and the tracker."""
     defaults = LearnerConfig()
@@ -307,7 +315,8 @@ def _frozen_model_stream(flip_label_from: int | None = None) -> tuple[list[list[
             registry.add_held_out(text, label, position, updates=position // 16)
         if (position + 1) % examples_per_evaluation == 0:
             flipped = flip_label_from is not None and position >= flip_label_from
-            fired.append(tracker.record(position // 16, 1, evaluate(registry.evaluable(), predict)))
+            due = due_for_evaluation(registry.evaluable(), defaults.eval_budget, tracker.last_evaluated)
+            fired.append(tracker.record(position // 16, 1, evaluate(due, predict)))
     return fired, tracker
 
 
@@ -325,3 +334,26 @@ def test_a_label_gone_wrong_raises_an_alarm_within_two_evaluations():
     alarmed = [i for i, alarms in enumerate(fired) if any(LABELS[0] in a.probe for a in alarms)]
     assert alarmed and alarmed[0] <= first_after + 1, alarmed
     assert all(LABELS[0] in alarm.probe for alarms in fired for alarm in alarms)
+
+
+@pytest.mark.parametrize("texts_per_set", [1, 8])
+def test_one_stored_evaluation_stays_under_64_kb_at_the_probe_and_name_caps(
+    redis_client: redis.Redis, key_prefix: str, texts_per_set: int
+) -> None:
+    """The largest column one evaluation can write: registered sets at the count cap, each with a longest
+    name, as many as the budget lets one evaluation score; with one text each (the most rows), or eight
+    (the fewest that can raise an alarm, and every one does)."""
+    defaults = LearnerConfig()
+    registry = ProbeRegistry(defaults.probe_size, defaults.probe_window, min_size=defaults.probe_min_size)
+    for number in range(registry.max_probes):
+        examples = [(f"text {number} {i}", "x") for i in range(texts_per_set)]
+        registry.register(f"{number:04d}".ljust(MAX_NAME_LENGTH, "n"), examples, updates=0)
+    tracker = ForgettingTracker(defaults.alarm_threshold)
+    due = due_for_evaluation(registry.evaluable(), defaults.eval_budget, tracker.last_evaluated)
+    tracker.record(1, 1, evaluate(due, lambda texts: ["x"] * len(texts)))
+    fired = tracker.record(2, 2, evaluate(due, lambda texts: ["y"] * len(texts)))
+    assert len(due) == defaults.eval_budget // texts_per_set
+    assert len(fired) == (len(due) if texts_per_set == 8 else 0)
+    keys = StreamKeys(prefix=key_prefix, model="m")
+    record_evaluation(redis_client, keys, tracker.column(), {})
+    assert len(redis_client.lindex(keys.evals, 0)) <= 64 * 1024

@@ -24,7 +24,7 @@ from learner.snapshots import MODEL, Manifest, SnapshotStore
 from streams.control import Control, learner_state
 from streams.heartbeats import beat, leave
 from streams.keys import StreamKeys
-from streams.notify import read_counters, read_keep_rates, recent_evaluations, recent_versions
+from streams.notify import probe_figures, read_counters, read_keep_rates, recent_evaluations, recent_versions
 from streams.producer import FeedbackProducer
 from streams.records import FeedbackRecord
 
@@ -193,12 +193,12 @@ def test_a_registered_probe_is_evaluated_at_once_and_dropped_when_deleted(runnin
     running.control.put_probe("golden", [("sports story about sports", "sports"), ("weather now", "weather")])
 
     def evaluated_probes() -> set[str]:
-        latest = recent_evaluations(running.client, running.keys, 1)
-        return {p["name"] for p in latest[0]["probes"]} if latest else set()
+        return set(probe_figures(running.client, running.keys))
 
     eventually(lambda: "golden" in evaluated_probes(), 60, "the new probe in an evaluation")
-    latest = recent_evaluations(running.client, running.keys, 1)[0]
-    golden = next(p for p in latest["probes"] if p["name"] == "golden")
+    columns = recent_evaluations(running.client, running.keys, 200)
+    assert any(row[0] == "golden" for column in columns for row in column["scored"])
+    golden = probe_figures(running.client, running.keys)["golden"]
     assert golden["source"] == "registered" and golden["size"] == 2
     running.control.delete_probe("golden")
     eventually(lambda: "golden" not in evaluated_probes(), 60, "the probe to be gone")
@@ -302,9 +302,7 @@ def teach_then_poison(running: RunningLoop) -> Manifest:
         )
 
     def sports_probe_accuracy() -> float | None:
-        evaluations = recent_evaluations(running.client, running.keys, 1)
-        probes = {p["name"]: p for p in evaluations[0]["probes"]} if evaluations else {}
-        return probes["sports"]["accuracy"] if "sports" in probes else None
+        return probe_figures(running.client, running.keys).get("sports", {}).get("accuracy")
 
     for round_ in range(6):
         add(f"good{round_}", "sports", "finance")

@@ -6,6 +6,7 @@ import redis
 from streams.keys import StreamKeys
 from streams.notify import (
     latest_version,
+    probe_figures,
     publish_version,
     read_counters,
     read_keep_rates,
@@ -29,13 +30,18 @@ def test_latest_version_round_trips(redis_client: redis.Redis, key_prefix: str) 
 def test_evaluations_are_bounded_and_newest_first(redis_client: redis.Redis, key_prefix: str) -> None:
     keys = StreamKeys(prefix=key_prefix, model="m")
     for step in range(5):
-        record_evaluation(redis_client, keys, {"step": step, "accuracy": step / 10}, keep=3)
+        figures = {f"p{index}": {"accuracy": step / 10} for index in range(5 - step)}
+        record_evaluation(redis_client, keys, {"step": step, "accuracy": step / 10}, figures, keep=3)
     assert recent_evaluations(redis_client, keys) == [
         {"step": 4, "accuracy": 0.4},
         {"step": 3, "accuracy": 0.3},
         {"step": 2, "accuracy": 0.2},
     ]
     assert [e["step"] for e in recent_evaluations(redis_client, keys, limit=2)] == [4, 3]
+    # The figures are replaced whole: a probe gone since the last evaluation is gone from them too.
+    assert probe_figures(redis_client, keys) == {"p0": {"accuracy": 0.4}}
+    assert probe_figures(redis_client, keys, ["p0", "p3"]) == {"p0": {"accuracy": 0.4}}
+    assert probe_figures(redis_client, keys, []) == {}
 
 
 def test_counters_round_trip_as_text(redis_client: redis.Redis, key_prefix: str) -> None:

@@ -9,6 +9,7 @@ import pytest
 from learner.probes import (
     ProbeRegistry,
     ProbeSet,
+    due_for_evaluation,
     evaluate,
     held_out,
     held_out_name,
@@ -302,3 +303,32 @@ def test_evaluate_checks_the_prediction_count():
     probe = ProbeSet("a", "registered", [("x", "pos"), ("y", "neg")], 0, 2)
     with pytest.raises(ValueError, match="1 labels for 2 texts"):
         evaluate([probe], lambda texts: ["pos"])
+
+
+# evaluation budget
+
+
+def _sets(sizes: dict[str, int]) -> list[ProbeSet]:
+    return [
+        ProbeSet(name, "registered", [(f"{name} {i}", "x") for i in range(size)], 0, size, frozen=True)
+        for name, size in sizes.items()
+    ]
+
+
+def test_an_evaluation_scores_unevaluated_sets_first_then_the_stalest_within_its_budget():
+    sets = _sets({"a": 50, "b": 50, "c": 50, "d": 50})
+    last = {"a": 30, "b": 10, "c": None, "d": 20}
+    due = due_for_evaluation(sets, 120, last.get)
+    assert [probe.name for probe in due] == ["c", "b"]
+    assert sum(probe.size for probe in due) <= 120
+
+
+def test_a_set_larger_than_the_budget_is_scored_alone_in_its_turn_and_never_starves():
+    sets = _sets({"big": 300, "s1": 10, "s2": 10})
+    last: dict[str, int] = {}
+    rounds = []
+    for updates in range(1, 5):
+        due = due_for_evaluation(sets, 100, last.get)
+        rounds.append([probe.name for probe in due])
+        last.update({probe.name: updates for probe in due})
+    assert rounds == [["big"], ["s1", "s2"], ["big"], ["s1", "s2"]]

@@ -7,27 +7,19 @@ from typing import Any
 from app.routes.forgetting import accuracy_matrix
 
 
-def evaluation(updates: int, at: str, accuracies: dict[str, float], alarms: list[dict] | None = None) -> dict:
-    """One evaluation as the learner records it (`ForgettingTracker.report`)."""
+def evaluation(
+    updates: int, at: str, accuracies: dict[str, float], fired: dict[str, list[float]] | None = None
+) -> dict[str, Any]:
+    """One evaluation as the learner records it (`ForgettingTracker.column`): `fired` gives the
+    forgetting and best accuracy of each probe an alarm fired on then."""
+    fired = fired or {}
     return {
         "model_version": updates // 10,
         "updates": updates,
         "evaluated_at": at,
         "summary": {},
-        "probes": [{"name": name, "accuracy": value} for name, value in accuracies.items()],
-        "alarms": alarms or [],
-    }
-
-
-def alarm(probe: str, updates: int, at: str) -> dict[str, Any]:
-    return {
-        "probe": probe,
-        "forgetting": 0.5,
-        "best_accuracy": 0.9,
-        "accuracy": 0.4,
-        "updates": updates,
-        "model_version": updates // 10,
-        "at": at,
+        "alarms_active": len(fired),
+        "scored": [[name, value, *fired.get(name, [])] for name, value in accuracies.items()],
     }
 
 
@@ -45,17 +37,16 @@ def test_rows_are_probes_and_columns_evaluations_with_gaps_where_a_probe_was_mis
 
 
 def test_an_alarm_is_listed_once_at_the_evaluation_where_it_fired() -> None:
-    early = alarm("a", 5, "t0")
-    fired = alarm("a", 20, "t2")
     matrix = accuracy_matrix(
         [
-            evaluation(10, "t1", {"a": 0.9}, [early]),
-            evaluation(20, "t2", {"a": 0.4}, [fired]),
-            evaluation(30, "t3", {"a": 0.4}, [fired]),
+            evaluation(10, "t1", {"a": 0.9}),
+            evaluation(20, "t2", {"a": 0.4}, {"a": [0.5, 0.9]}),
+            evaluation(30, "t3", {"a": 0.4}),
         ]
     )
-    # The alarm from before the first kept evaluation fired outside the window the matrix shows.
-    assert [(a.probe, a.updates) for a in matrix.alarms] == [("a", 20)]
+    assert [(a.probe, a.updates, a.at, a.forgetting, a.best_accuracy, a.accuracy) for a in matrix.alarms] == [
+        ("a", 20, "t2", 0.5, 0.9, 0.4)
+    ]
 
 
 def test_a_repeated_evaluation_is_one_column_and_an_empty_report_none() -> None:

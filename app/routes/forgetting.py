@@ -1,6 +1,7 @@
-"""Forgetting: the latest evaluation of every probe set, and the accuracy matrix of recent evaluations.
+"""Forgetting: the latest figures of every probe set, and the accuracy matrix of recent evaluations.
 
-The learner writes the evaluations; the API only reads them back. The dashboard draws the same views.
+The learner writes both: each evaluation as a compact column (what it scored), and every probe's current
+figures in a hash; the API only reads them back. The dashboard draws the same views.
 """
 
 from __future__ import annotations
@@ -8,13 +9,15 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
+from redis import Redis
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import Scope, require
 from app.deps import KeysDep, RedisDep
 from app.errors import ERRORS
 from app.schemas import AccuracyMatrix, AlarmReport, EvaluationColumn, ForgettingResponse
-from streams.notify import read_prequential, recent_evaluations
+from streams.keys import StreamKeys
+from streams.notify import probe_figures, read_prequential, recent_evaluations
 
 MAX_EVALUATIONS = 200  # as many as the learner keeps (streams.notify.record_evaluation)
 EMPTY_FORGETTING = {
@@ -33,9 +36,22 @@ router = APIRouter(responses=ERRORS, dependencies=[Depends(require(Scope.PREDICT
     "/v1/forgetting", response_model=ForgettingResponse, summary="The latest evaluation of every probe set"
 )
 async def forgetting(client: RedisDep, keys: KeysDep) -> dict:
-    latest = await run_in_threadpool(recent_evaluations, client, keys, 1)
+    report = await run_in_threadpool(current_forgetting, client, keys)
     prequential = await run_in_threadpool(read_prequential, client, keys)
-    return {**(latest[0] if latest else EMPTY_FORGETTING), "prequential": prequential}
+    return {**report, "prequential": prequential}
+
+
+def current_forgetting(client: Redis, keys: StreamKeys) -> dict[str, Any]:
+    """The latest evaluation's header and summary, every probe's current figures, and the active alarms."""
+    latest = recent_evaluations(client, keys, 1)
+    if not latest:
+        return EMPTY_FORGETTING
+    figures = [figure for _, figure in sorted(probe_figures(client, keys).items())]
+    return {
+        **{field: latest[0][field] for field in ("model_version", "updates", "evaluated_at", "summary")},
+        "probes": [{key: value for key, value in figure.items() if key != "alarm"} for figure in figures],
+        "alarms": [figure["alarm"] for figure in figures if figure.get("alarm")],
+    }
 
 
 @router.get(
@@ -57,27 +73,34 @@ async def evaluations(
 def accuracy_matrix(evaluations: list[dict[str, Any]]) -> AccuracyMatrix:
     """The matrix of evaluations as the learner recorded them, oldest first.
 
-    An evaluation that repeats the previous one (the learner re-publishes its latest report when a probe set
+    An evaluation scores the probe sets due then, so a probe's cell is empty where it was not scored. An
+    evaluation that repeats the previous one (the learner re-publishes its latest one when a probe set
     changes and nothing was left to evaluate) is one column, not two.
     """
     kept: list[dict[str, Any]] = []
     for evaluation in evaluations:
         at = evaluation.get("evaluated_at")
-        if at is not None and (not kept or kept[-1]["evaluated_at"] != at):
+        if at is not None and "scored" in evaluation and (not kept or kept[-1]["evaluated_at"] != at):
             kept.append(evaluation)
-    probes = sorted({probe["name"] for evaluation in kept for probe in evaluation["probes"]})
-    row = {name: index for index, name in enumerate(probes)}
+    probes = sorted({row[0] for evaluation in kept for row in evaluation["scored"]})
+    index = {name: number for number, name in enumerate(probes)}
     accuracy: list[list[float | None]] = [[None] * len(kept) for _ in probes]
+    fired = []
     for column, evaluation in enumerate(kept):
-        for probe in evaluation["probes"]:
-            accuracy[row[probe["name"]]][column] = probe["accuracy"]
-    # An alarm stays in every evaluation while it is active; it fired at the one whose time it carries.
-    times = {evaluation["evaluated_at"] for evaluation in kept}
-    fired: dict[tuple[str, str], dict[str, Any]] = {}
-    for evaluation in kept:
-        for alarm in evaluation["alarms"]:
-            if alarm["at"] in times:
-                fired.setdefault((alarm["probe"], alarm["at"]), alarm)
+        for name, value, *alarm in evaluation["scored"]:
+            accuracy[index[name]][column] = value
+            if alarm:
+                fired.append(
+                    AlarmReport(
+                        probe=name,
+                        forgetting=alarm[0],
+                        best_accuracy=alarm[1],
+                        accuracy=value,
+                        updates=evaluation["updates"],
+                        model_version=evaluation["model_version"],
+                        at=evaluation["evaluated_at"],
+                    )
+                )
     return AccuracyMatrix(
         probes=probes,
         evaluations=[
@@ -87,5 +110,5 @@ def accuracy_matrix(evaluations: list[dict[str, Any]]) -> AccuracyMatrix:
             for e in kept
         ],
         accuracy=accuracy,
-        alarms=[AlarmReport(**alarm) for alarm in fired.values()],
+        alarms=fired,
     )

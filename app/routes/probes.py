@@ -14,7 +14,7 @@ from app.deps import ControlDep, KeysDep, RedisDep, SettingsDep
 from app.errors import ERRORS, ApiError
 from app.schemas import ProbeInfo, ProbeSetRequest
 from learner.probes import validate_name
-from streams.notify import recent_evaluations
+from streams.notify import probe_figures
 from streams.records import FeedbackRecord, MalformedRecord
 
 router = APIRouter(responses=ERRORS)
@@ -28,8 +28,7 @@ router = APIRouter(responses=ERRORS)
 )
 async def list_probes(client: RedisDep, keys: KeysDep, control: ControlDep) -> list[ProbeInfo]:
     registered = await run_in_threadpool(control.probes)
-    latest = await run_in_threadpool(recent_evaluations, client, keys, 1)
-    evaluated = {probe["name"]: probe for probe in (latest[0]["probes"] if latest else [])}
+    evaluated = await run_in_threadpool(probe_figures, client, keys)
     infos = [
         ProbeInfo(
             name=name,
