@@ -21,6 +21,7 @@ from learner.classifier import Prediction
 from streams.control import Control
 from streams.keys import StreamKeys
 from streams.producer import FeedbackProducer
+from streams.served import ServedLog
 
 
 async def _settings(request: Request) -> Settings:
@@ -41,6 +42,10 @@ async def _control(request: Request) -> Control:
 
 async def _producer(request: Request) -> FeedbackProducer:
     return request.app.state.producer
+
+
+async def _served_log(request: Request) -> ServedLog:
+    return request.app.state.served_log
 
 
 async def _holder(request: Request) -> ModelHolder:
@@ -68,6 +73,7 @@ RedisDep = Annotated[redis.Redis, Depends(_redis)]
 KeysDep = Annotated[StreamKeys, Depends(_keys)]
 ControlDep = Annotated[Control, Depends(_control)]
 ProducerDep = Annotated[FeedbackProducer, Depends(_producer)]
+ServedLogDep = Annotated[ServedLog, Depends(_served_log)]
 HolderDep = Annotated[ModelHolder, Depends(_holder)]
 BatcherDep = Annotated[PredictBatcher[ServedModel, Prediction], Depends(_batcher)]
 MetricsDep = Annotated[ApiMetrics, Depends(_metrics)]

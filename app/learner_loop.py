@@ -53,6 +53,7 @@ from streams.notify import (
     set_prequential,
 )
 from streams.records import RecordLimits
+from streams.served import join_feedback
 
 log = logging.getLogger("retentive.learner")
 
@@ -246,6 +247,7 @@ class LearnerLoop:
             return
         fresh.sort(key=lambda e: stream_id_key(e.stream_id))
         self.state.counters.read += len(fresh)
+        self._join_served(fresh)
         fresh = self._refuse_past_label_cap(fresh)
         examples = [Example(e.record.text, e.record.label, e.record.id) for e in fresh]
         self.consumer.applying([e.stream_id for e in fresh])
@@ -261,6 +263,17 @@ class LearnerLoop:
         if report.evaluated:
             rolled_back_to = None if replaying else self._act_on_alarms(report.alarms)
             self._publish_evaluation(report.alarms, rolled_back_to)
+
+    def _join_served(self, entries: list[Entry]) -> None:
+        """Score the served predictions this feedback names. Each is joined once (replays find it gone),
+        and a Redis error only leaves them unmeasured: learning goes on."""
+        named = [(e.record.prediction_id, e.record.label) for e in entries if e.record.prediction_id]
+        if not named:
+            return
+        try:
+            join_feedback(self.client, self.keys, named)
+        except redis.RedisError as err:
+            log.warning(json.dumps({"event": "served_join_failed", "error": repr(err)}))
 
     def _act_on_alarms(self, alarms: list[Alarm]) -> str | None:
         """Apply the alarm policy; the id of the snapshot rolled back to, if it rolled back."""

@@ -52,6 +52,7 @@ def create_app(settings: Settings) -> FastAPI:
         torch.set_num_threads(settings.api_threads)
         app.state.redis = await asyncio.to_thread(connect, settings.redis_url, settings.data_dir)
         app.state.producer = settings.producer(app.state.redis)
+        app.state.served_log = settings.served_log(app.state.redis)
         app.state.control = Control(app.state.redis, keys)
         app.state.rate_limiter = RateLimiter(app.state.redis, keys)
         await asyncio.to_thread(holder.refresh)

@@ -88,6 +88,22 @@ class ApiMetrics:
             ["window"],
             registry=self.registry,
         )
+        self.served_accuracy = Gauge(
+            "retentive_served_accuracy",
+            "Share of served predictions that got feedback whose label they had",
+            ["window"],
+            registry=self.registry,
+        )
+        self.served_coverage = Gauge(
+            "retentive_served_coverage",
+            "Share of remembered served predictions that got feedback",
+            registry=self.registry,
+        )
+        self.served_delay = Gauge(
+            "retentive_served_label_delay_seconds",
+            "Mean time from a served prediction to the feedback on it",
+            registry=self.registry,
+        )
 
     def observe_counters(self, counters: dict[str, str]) -> None:
         """The learner's counters as published in Redis."""
@@ -106,6 +122,19 @@ class ApiMetrics:
             value = (report or {}).get(window)
             if value is not None:
                 self.prequential.labels(window).set(value)
+
+    def observe_served(self, report: dict[str, Any]) -> None:
+        """Overall figures of served predictions joined with feedback (none per label: unbounded)."""
+        for window, value in (
+            ("cumulative", report["accuracy"]),
+            ("last_1000", report["last_1000"]["accuracy"]),
+        ):
+            if value is not None:
+                self.served_accuracy.labels(window).set(value)
+        if report["coverage"] is not None:
+            self.served_coverage.set(report["coverage"])
+        if report["mean_delay_s"] is not None:
+            self.served_delay.set(report["mean_delay_s"])
 
     def observe_evaluation(self, evaluation: dict[str, Any], registered: dict[str, dict[str, Any]]) -> None:
         """The latest evaluation's summary, and the current figures of registered probe sets."""

@@ -130,6 +130,42 @@ class PrequentialReport(Strict):
     per_label: dict[str, LabelAccuracy] = Field(description="The same per true label.")
 
 
+class ServedRecent(Strict):
+    joined: int = Field(description="Joins counted here (at most 1,000).")
+    accuracy: float | None = Field(description="Share of them whose served label was the feedback's.")
+    median_delay_s: float | None = Field(description="Median seconds from prediction to its feedback.")
+
+
+class ServedVersion(Strict):
+    model_version: int = Field(description="The model version that served the predictions.")
+    joined: int = Field(description="Its predictions that got feedback.")
+    accuracy: float = Field(description="Share of those that were right.")
+
+
+class ServedLabel(Strict):
+    label: str = Field(description="The label the feedback gave.")
+    joined: int = Field(description="Predictions of texts with this label that got feedback.")
+    accuracy: float = Field(description="Share of those that were right (recall of the served answers).")
+
+
+class ServedReport(Strict):
+    predictions: int = Field(
+        description="Answered predictions remembered so far, to be joined with feedback."
+    )
+    unremembered: int = Field(
+        description="Answered predictions not remembered, past RETENTIVE_PREDICTION_CAP."
+    )
+    joined: int = Field(description="Remembered predictions whose feedback arrived (each counted once).")
+    coverage: float | None = Field(description="joined / predictions: the share that got feedback.")
+    accuracy: float | None = Field(
+        description="Share of joined predictions whose served label was the label the feedback gave."
+    )
+    last_1000: ServedRecent = Field(description="The same over the last 1,000 joins, with the label delay.")
+    mean_delay_s: float | None = Field(description="Mean seconds from a prediction to its feedback.")
+    per_version: list[ServedVersion] = Field(description="Per model version that served (the newest 20).")
+    per_label: list[ServedLabel] = Field(description="Per label the feedback gave.")
+
+
 class ForgettingResponse(Strict):
     model_version: int | None = Field(description="Model version at the latest evaluation; null before any.")
     updates: int | None = Field(description="Learner updates at the latest evaluation.")
@@ -143,6 +179,10 @@ class ForgettingResponse(Strict):
         None,
         description="How fast the learner adapts: each example scored before it was learned from; null "
         "before the learner reported any. The probes show what it kept.",
+    )
+    served: ServedReport = Field(
+        description="How right the answers people got were: predictions joined, by prediction_id, with "
+        "the feedback that named them."
     )
 
 

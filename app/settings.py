@@ -23,6 +23,7 @@ from streams.keys import StreamKeys
 from streams.producer import FeedbackProducer
 from streams.records import DEFAULT_LIMITS as _RECORD
 from streams.records import RecordLimits
+from streams.served import ServedLog
 
 ENV_PREFIX = "RETENTIVE_"
 Config = TypeVar("Config", LearnerConfig, LoopConfig)
@@ -192,6 +193,18 @@ class Settings(BaseSettings):
         description="Keep every applied entry's id in the snapshots, to audit exactly-once delivery "
         "(it grows with the stream: for tests and benchmarks, see app/ledger.py).",
     )
+    prediction_ttl_s: float = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        description="How long an answered prediction is remembered, so that feedback naming its "
+        "prediction_id measures the accuracy of what was served.",
+    )
+    prediction_cap: int = Field(
+        240_000,
+        ge=24,
+        description="Most answered predictions remembered at once (about 100 bytes each in Redis); past "
+        "it, predictions are still answered but not remembered.",
+    )
     snapshot_keep: int = Field(
         5, gt=0, description="Newest snapshots kept (the best and pinned ones are kept too)."
     )
@@ -330,6 +343,10 @@ class Settings(BaseSettings):
 
     def stream_keys(self) -> StreamKeys:
         return StreamKeys(self.key_prefix, self.model_name)
+
+    def served_log(self, client: redis.Redis) -> ServedLog:
+        """Where answered predictions are remembered and feedback is joined to them."""
+        return ServedLog(client, self.stream_keys(), self.prediction_ttl_s, self.prediction_cap)
 
     def producer(self, client: redis.Redis) -> FeedbackProducer:
         """The feedback producer these settings describe, writing through `client`."""

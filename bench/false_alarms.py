@@ -12,8 +12,9 @@ simulated model in place of the network, so that the truth is known:
   answers change and accuracy does not: a model that keeps learning and forgets nothing;
 - `flip`: as `frozen`, until halfway, when every example of one label becomes wrong: real forgetting.
 
-Three rules read the same stream: `paired` is the tracker's (forgetting against a reference that moves only
-on a significant gain, an alarm only when the drop is above the threshold and significant), `max` the rule
+Three rules read the same stream: `paired` is the learner's (each evaluation scores the sets due within
+`eval_budget` texts, as `OnlineLearner.evaluate` does; forgetting against a reference that moves only on a
+significant gain, an alarm only when the drop is above the threshold and significant), `max` the rule
 it replaced (forgetting against the best accuracy so far, an alarm above the threshold) on the same probe
 sets, and `before` that rule on the sets as they were before sets had a minimum size (one per label and
 window, evaluated from their first example). Counted: the alarms per 1,000 probe evaluations and the
@@ -33,7 +34,7 @@ from typing import Any
 from bench.meta import run_metadata
 from learner.forgetting import ForgettingTracker
 from learner.online import LearnerConfig
-from learner.probes import ProbeRegistry, evaluate, held_out
+from learner.probes import ProbeRegistry, ProbeSet, due_for_evaluation, evaluate, held_out
 
 RIGHT = 0.7
 CHURN = 0.2
@@ -92,10 +93,14 @@ def run_stream(scenario: str, seed: int, examples: int, labels: int) -> dict[str
     model = SimulatedModel(scenario, rng, flipped_label=names[0])
     registry = ProbeRegistry(config.probe_size, config.probe_window, min_size=config.probe_min_size)
     unsized = ProbeRegistry(config.probe_size, config.probe_window, min_size=1)
-    rules: dict[str, tuple[ProbeRegistry, Callable[[dict[str, list[bool]]], list[str]]]] = {
-        "paired": (registry, _paired(ForgettingTracker(config.alarm_threshold))),
-        "max": (registry, MaxRule(config.alarm_threshold).record),
-        "before": (unsized, MaxRule(config.alarm_threshold).record),
+    tracker = ForgettingTracker(config.alarm_threshold)
+    rules: dict[str, tuple[Callable[[], list[ProbeSet]], Callable[[dict[str, list[bool]]], list[str]]]] = {
+        "paired": (
+            lambda: due_for_evaluation(registry.evaluable(), config.eval_budget, tracker.last_evaluated),
+            _paired(tracker),
+        ),
+        "max": (registry.evaluable, MaxRule(config.alarm_threshold).record),
+        "before": (unsized.evaluable, MaxRule(config.alarm_threshold).record),
     }
     every = config.eval_every * 16
     alarms = {rule: [] for rule in RULES}
@@ -109,8 +114,8 @@ def run_stream(scenario: str, seed: int, examples: int, labels: int) -> dict[str
         if (position + 1) % every:
             continue
         model.next_evaluation(past_half=position >= examples // 2)
-        for rule, (probes, record) in rules.items():
-            outcomes = evaluate(probes.evaluable(), model.predict)
+        for rule, (due, record) in rules.items():
+            outcomes = evaluate(due(), model.predict)
             probe_evaluations[rule] += len(outcomes)
             alarms[rule] += [(position // every, name) for name in record(outcomes)]
     return {"evaluations": examples // every, "probe_evaluations": probe_evaluations, "alarms": alarms}

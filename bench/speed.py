@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _eval_result(evaluation: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     result = {
-        **run_metadata("bench.speed --only eval_share"),
+        **run_metadata("bench.speed"),
         "model": "tiny" if args.quick else "all-MiniLM-L6-v2",
         "eval_share": evaluation["eval_share"],
         "details": {"evaluation": evaluation},

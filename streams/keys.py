@@ -69,6 +69,20 @@ class StreamKeys:
         return self._key("probe_figures")
 
     @property
+    def served(self) -> str:
+        """Totals of served predictions and of the feedback joined to them (a hash of counters)."""
+        return self._key("served")
+
+    @property
+    def served_recent(self) -> str:
+        """Outcome and label delay of the latest joins (a bounded list, newest first)."""
+        return self._key("served_recent")
+
+    def served_period(self, period: int) -> str:
+        """The predictions served in one period, by prediction id (a hash that expires whole)."""
+        return self._key(f"served:{period:x}")
+
+    @property
     def version_log(self) -> str:
         """Recent version announcements (a bounded list of JSON documents), newest first."""
         return self._key("version_log")

@@ -88,7 +88,21 @@ def service(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> I
         )
         eventually(lambda: alarmed(base), 120, "a forgetting alarm")
         eventually(lambda: settled(base), 120, "the learner to apply the drifted feedback")
+        answer_and_correct(base, examples(2, LABELS, "served"))
         yield base
+
+
+def answer_and_correct(base: str, labelled: list[dict[str, str]]) -> None:
+    """Predict these texts, then send their labels back naming each answer, as a labelling screen does."""
+    texts = [example["text"] for example in labelled]
+    answers = call(base, "POST", "/v1/predict", json={"inputs": texts}).json()["predictions"]
+    served = lambda: call(base, "GET", "/v1/forgetting").json()["served"]  # noqa: E731
+    eventually(lambda: served()["predictions"] >= len(texts), 30, "the answers remembered")
+    named = [
+        {**example, "prediction_id": a["prediction_id"]} for example, a in zip(labelled, answers, strict=True)
+    ]
+    feed(base, named)
+    eventually(lambda: served()["joined"] == len(texts), 120, "the feedback joined to the answers")
 
 
 # The JSON views, over HTTP: these run with or without a browser.
@@ -298,6 +312,9 @@ def test_with_a_key_every_chart_draws_the_service_data(
         assert bars["y"] == [layer["keep_rate"] for layer in learner["layers"]]
         assert bars["x"][0] == "layer.0.attention.self.query"
         assert tab.page.inner_text("#t-alarms") == str(len(forgetting["alarms"]))
+        served = forgetting["served"]
+        assert tab.page.inner_text("#t-served") == f"{served['last_1000']['accuracy']:.3f}"
+        assert tab.page.inner_text("#t-coverage") == f"{served['coverage']:.3f}"
         assert tab.page.inner_text("#t-learner") == "running"
         assert tab.errors == []
 

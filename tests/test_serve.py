@@ -269,3 +269,45 @@ def test_an_operator_removes_a_junk_label_and_the_served_model_drops_it(
         eventually(lambda: served_labels() == {"sports", "finance"}, 120, "the model served without spam")
         answers = httpx.post(f"{base}/v1/predict", json={"inputs": [texts["spam"]], "top_k": 2}).json()
         assert {scored["label"] for scored in answers["predictions"][0]["top"]} == {"sports", "finance"}
+
+
+def test_feedback_naming_served_predictions_reports_how_right_the_answers_were(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    texts = {
+        "sports": "the striker scored a late goal",
+        "finance": "shares fell as the bank cut its forecast",
+    }
+    teach = [{"text": f"{text} {i}", "label": label} for i in range(8) for label, text in texts.items()]
+    with serving(tmp_path, model=tiny_model_dir, **QUICK_LEARNER) as (base, _):
+
+        def forgetting() -> dict:
+            return httpx.get(f"{base}/v1/forgetting").json()
+
+        assert httpx.post(f"{base}/v1/feedback", json={"examples": teach}).status_code == 202
+        eventually(lambda: set(httpx.get(f"{base}/v1/model").json()["labels"]) == set(texts), 120, "labels")
+        inputs = [f"{text} again {i}" for i in range(3) for text in texts.values()]
+        answers = httpx.post(f"{base}/v1/predict", json={"inputs": inputs}).json()["predictions"]
+        eventually(lambda: forgetting()["served"]["predictions"] == len(inputs), 30, "the answers remembered")
+
+        # Feedback on four of the six answers: two confirm the served label, two correct it.
+        other = {"sports": "finance", "finance": "sports"}
+        feedback = [
+            {
+                "text": text,
+                "label": answer["label"] if i < 2 else other[answer["label"]],
+                "prediction_id": answer["prediction_id"],
+            }
+            for i, (text, answer) in enumerate(zip(inputs[:4], answers[:4], strict=True))
+        ]
+        assert httpx.post(f"{base}/v1/feedback", json={"examples": feedback}).status_code == 202
+        eventually(lambda: forgetting()["served"]["joined"] == 4, 120, "the feedback joined to its answers")
+        served = forgetting()["served"]
+        assert served["accuracy"] == 0.5 and served["last_1000"]["accuracy"] == 0.5
+        assert served["coverage"] == pytest.approx(4 / 6)
+        assert served["last_1000"]["median_delay_s"] >= 0
+        assert sum(row["joined"] for row in served["per_label"]) == 4
+        versions = {answer["model_version"] for answer in answers[:4]}
+        assert {row["model_version"] for row in served["per_version"]} == versions
+        metrics = httpx.get(f"{base}/metrics").text
+        assert 'retentive_served_accuracy{window="cumulative"} 0.5' in metrics

@@ -18,6 +18,7 @@ from app.errors import ERRORS
 from app.schemas import AccuracyMatrix, AlarmReport, EvaluationColumn, ForgettingResponse
 from streams.keys import StreamKeys
 from streams.notify import probe_figures, read_prequential, recent_evaluations
+from streams.served import served_report
 
 MAX_EVALUATIONS = 200  # as many as the learner keeps (streams.notify.record_evaluation)
 EMPTY_FORGETTING = {
@@ -38,7 +39,8 @@ router = APIRouter(responses=ERRORS, dependencies=[Depends(require(Scope.PREDICT
 async def forgetting(client: RedisDep, keys: KeysDep) -> dict:
     report = await run_in_threadpool(current_forgetting, client, keys)
     prequential = await run_in_threadpool(read_prequential, client, keys)
-    return {**report, "prequential": prequential}
+    served = await run_in_threadpool(served_report, client, keys)
+    return {**report, "prequential": prequential, "served": served}
 
 
 def current_forgetting(client: Redis, keys: StreamKeys) -> dict[str, Any]:

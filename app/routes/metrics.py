@@ -12,6 +12,7 @@ from app.deps import HolderDep, KeysDep, MetricsDep, ProducerDep, RedisDep
 from streams.keys import StreamKeys
 from streams.notify import probe_figures, read_counters, read_prequential, recent_evaluations
 from streams.replies import as_text
+from streams.served import served_report
 
 # Per-set series are kept for this many registered sets (the first by name), so a scrape, which needs no
 # key, reads a small bounded amount however many sets exist.
@@ -36,6 +37,7 @@ async def prometheus(
         registered = await run_in_threadpool(_registered_figures, client, keys)
         metrics.observe_evaluation(latest[0] if latest else {}, registered)
         metrics.observe_prequential(await run_in_threadpool(read_prequential, client, keys))
+        metrics.observe_served(await run_in_threadpool(served_report, client, keys, False))
     except redis.RedisError:
         pass  # serve what is known; the stream gauges keep their last values
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
-import uuid
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from fastapi import APIRouter, Depends, Request
+import redis
+from fastapi import APIRouter, BackgroundTasks, Depends, Request
 
 from app.auth import Scope, require
-from app.deps import BatcherDep, LatenciesDep, LimitsDep, MetricsDep
+from app.deps import BatcherDep, LatenciesDep, LimitsDep, MetricsDep, ServedLogDep
 from app.errors import ERRORS, ApiError
 from app.rate_limits import rate_limit
 from app.schemas import PredictRequest, PredictResponse
+from streams.served import Served, ServedLog
 
 T = TypeVar("T")
+log = logging.getLogger("retentive.api")
 router = APIRouter(responses=ERRORS)
 
 
@@ -33,12 +37,17 @@ async def predict(
     limits: LimitsDep,
     metrics: MetricsDep,
     latencies: LatenciesDep,
+    served_log: ServedLogDep,
+    background: BackgroundTasks,
 ) -> PredictResponse:
     limits.check_inputs(body.inputs)
     began = time.perf_counter()
     served, predictions = await _unless_the_client_leaves(request, batcher.submit(body.inputs, body.top_k))
     latencies.record(time.perf_counter() - began)
     metrics.predictions.inc(len(predictions))
+    answered = [Served(served_log.new_id(), served.version, p.label, p.score) for p in predictions]
+    # Remembered after the response is sent, so the answer waits for no Redis write.
+    background.add_task(_remember, served_log, answered)
     return PredictResponse(
         model_version=served.version,
         snapshot_id=served.snapshot_id,
@@ -47,11 +56,19 @@ async def predict(
                 "label": p.label,
                 "score": p.score,
                 "top": [{"label": s.label, "score": s.score} for s in p.top[: body.top_k]],
-                "prediction_id": uuid.uuid4().hex,
+                "prediction_id": item.prediction_id,
             }
-            for p in predictions
+            for p, item in zip(predictions, answered, strict=True)
         ],
     )
+
+
+def _remember(served_log: ServedLog, answered: list[Served]) -> None:
+    """Keep the answers for the feedback that will name them; without Redis they are only not measured."""
+    try:
+        served_log.remember(answered)
+    except redis.RedisError as err:
+        log.warning(json.dumps({"event": "prediction_not_remembered", "error": repr(err)}))
 
 
 async def _unless_the_client_leaves(request: Request, answer: Awaitable[T]) -> T:

@@ -123,6 +123,13 @@ function drawTiles(model, forgetting, learner) {
   const live = forgetting.prequential;
   $("t-prequential").textContent = fixed(live?.last_1000);
   $("t-prequential").title = live ? `${fixed(live.cumulative)} over all ${live.scored} examples` : "";
+  const served = forgetting.served;
+  $("t-served").textContent = fixed(served?.last_1000.accuracy);
+  $("t-served").title = served?.joined
+    ? `${fixed(served.accuracy)} over all ${served.joined} answers with feedback; ` +
+      `median delay ${fixed(served.last_1000.median_delay_s, 1)} s`
+    : "no feedback has named a served prediction yet";
+  $("t-coverage").textContent = fixed(served?.coverage);
   $("t-accuracy").textContent = fixed(summary.mean_accuracy);
   $("t-forgetting").textContent = fixed(summary.mean_forgetting);
   $("t-max-forgetting").textContent = fixed(summary.max_forgetting);
