@@ -105,18 +105,24 @@ class ServedLog:
         return f"{self._period(time.time() if now is None else now):x}-{uuid.uuid4().hex}"
 
     def remember(self, served: Sequence[Served], now: float | None = None) -> int:
-        """Keep these predictions (all made now) while the bound allows; how many were kept."""
-        if not served:
-            return 0
+        """Keep these predictions, made `now`, each in the period its id names (which `now` may have
+        passed), while the bound allows; how many were kept."""
         now = time.time() if now is None else now
-        period = self._period(now)
-        expire_at = int((period + 1) * self.period_s + self.ttl_s) + 1
-        pairs: list[str] = []
+        by_period: dict[int, list[str]] = {}
         for item in served:
+            period = _period_of(item.prediction_id)
+            if period is None:
+                raise ValueError(f"{item.prediction_id!r} is not an id from new_id")
             record = {"v": item.model_version, "l": item.label, "s": round(item.score, 4), "t": round(now, 3)}
-            pairs += [item.prediction_id, json.dumps(record, separators=(",", ":"))]
-        keys = [self.keys.served_period(period), self.keys.served]
-        return int(self._remember(keys=keys, args=[self.per_period, expire_at, *pairs]))
+            by_period.setdefault(period, []).extend(
+                [item.prediction_id, json.dumps(record, separators=(",", ":"))]
+            )
+        kept = 0
+        for period, pairs in by_period.items():
+            expire_at = int((period + 1) * self.period_s + self.ttl_s) + 1
+            keys = [self.keys.served_period(period), self.keys.served]
+            kept += int(self._remember(keys=keys, args=[self.per_period, expire_at, *pairs]))
+        return kept
 
     def _period(self, now: float) -> int:
         return int(now // self.period_s)

@@ -188,7 +188,8 @@ def test_an_alarm_stays_while_its_probe_waits_its_turn_and_clears_when_forgotten
     assert len(tracker.record(2, 1, _right({"p": 0.5, "q": 0.5}))) == 2
     tracker.record(3, 1, _right({"q": 0.5}))
     assert [alarm.probe for alarm in tracker.active_alarms()] == ["p", "q"]
-    assert tracker.column()["alarms_active"] == 2 and tracker.column()["fired"] == {}
+    column = tracker.column()
+    assert column["alarms_active"] == 2 and column["scored"] == [["q", 0.5]]  # q scored, no alarm fired now
     tracker.forget("p")
     assert [alarm.probe for alarm in tracker.active_alarms()] == ["q"]
     tracker.record(4, 1, _right({"q": 1.0}))

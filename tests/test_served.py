@@ -69,3 +69,10 @@ def test_predictions_past_the_cap_are_answered_unremembered_and_a_period_expires
     period_key = log.keys.served_period(int(NOW // log.period_s))
     # Kept at least the TTL after it was made, at most one period longer (the test's own time aside).
     assert DAY - 60 <= log.client.ttl(period_key) <= DAY + log.period_s + 1
+
+
+def test_an_answer_remembered_just_after_its_period_ended_is_still_joined(log: ServedLog) -> None:
+    made = (NOW // log.period_s + 1) * log.period_s - 0.001  # the last millisecond of a period
+    pid = log.new_id(made)
+    log.remember([Served(pid, 1, "sports", 0.9)], now=made + 0.01)
+    assert join_feedback(log.client, log.keys, [(pid, "sports")], now=made + 5) == 1
