@@ -9,7 +9,6 @@ import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
-import redis
 from fastapi import APIRouter, BackgroundTasks, Depends, Request
 
 from app.auth import Scope, require
@@ -64,10 +63,10 @@ async def predict(
 
 
 def _remember(served_log: ServedLog, answered: list[Served]) -> None:
-    """Keep the answers for the feedback that will name them; without Redis they are only not measured."""
+    """Keep the answers for the feedback that will name them; if that fails they are only not measured."""
     try:
         served_log.remember(answered)
-    except redis.RedisError as err:
+    except Exception as err:
         log.warning(json.dumps({"event": "prediction_not_remembered", "error": repr(err)}))
 
 
