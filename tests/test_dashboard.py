@@ -103,6 +103,7 @@ def answer_and_correct(base: str, labelled: list[dict[str, str]]) -> None:
     ]
     feed(base, named)
     eventually(lambda: served()["joined"] == len(texts), 120, "the feedback joined to the answers")
+    eventually(lambda: settled(base), 120, "the learner to apply that feedback")
 
 
 # The JSON views, over HTTP: these run with or without a browser.

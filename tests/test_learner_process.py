@@ -166,6 +166,8 @@ def dead_letters_cli(harness: LearnerHarness, *args: str) -> subprocess.Complete
 
 def test_an_operator_requeues_a_dead_letter_once_its_cause_is_fixed(harness: LearnerHarness) -> None:
     harness.env["RETENTIVE_MAX_LABELS"] = "4"
+    # Nothing held out as a probe: the requeued example must be trained on, whatever the random salt routes.
+    harness.env["RETENTIVE_PROBE_FRACTION"] = "0"
     fed = feed(harness, 0, 40)
     science = FeedbackRecord(text="the probe measured the comet's dust", label="science", id="sci-1")
     producer = FeedbackProducer(harness.client, harness.keys)
