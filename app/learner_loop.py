@@ -19,6 +19,12 @@ reaches predictions within seconds. Before each micro-batch the learner follows 
 (pause, rollback, registered probes; see `streams.control`) and backs off while an API replica reports
 prediction pressure above the bounds, since both share the CPU, for at most `backoff_max_s` in a row.
 
+No weights are served before they pass the promotion check (`learner.promotion`, within
+`promotion_budget` probe texts): weights that fail are neither published nor announced, a snapshot of them
+is written for recovery but marked `promoted: false` so replicas pass it by, and replicas keep serving the
+last version that passed. The check's cost is held to `PROMOTION_SHARE` of the learner's time by spacing
+publications out when it is slow.
+
 On a forgetting alarm the `alarm_policy` decides: `alert` only reports it, `pause` pauses learning as an
 operator would, `rollback` returns to the newest snapshot taken without an active alarm, by the same path
 as an operator's rollback request.
@@ -49,6 +55,7 @@ from streams.notify import (
     publish_version,
     record_evaluation,
     set_counters,
+    set_held_back,
     set_keep_rates,
     set_prequential,
 )
@@ -56,6 +63,7 @@ from streams.records import RecordLimits
 from streams.served import join_feedback
 
 log = logging.getLogger("retentive.learner")
+PROMOTION_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class LoopConfig:
     retention: int = 1000
     ledger: bool = False
     publish_every_s: float = 5.0
+    promotion_budget: int = 64
     backoff_queue: int = 64
     backoff_latency_ms: float = 500.0
     backoff_s: float = 0.5
@@ -88,6 +97,7 @@ class StreamCounters:
     rollbacks: int = 0
     snapshot_failures: int = 0
     publish_failures: int = 0
+    held_back: int = 0
 
 
 @dataclass
@@ -137,6 +147,7 @@ class LearnerLoop:
         self._backing_off_since: float | None = None
         self._published_updates = 0
         self._last_published_at = time.monotonic()
+        self._promotion_check_s = 0.0
         self._probes_revision: int | None = None
         self._rate_mark = (time.monotonic(), 0, 0)
         self._rolled_back_to: str | None = None
@@ -294,7 +305,7 @@ class LearnerLoop:
 
     def _last_snapshot_without_alarm(self) -> Snapshot | None:
         for manifest in self.store.list():
-            if manifest.info.get("alarms") == 0:
+            if manifest.info.get("alarms") == 0 and manifest.info.get("promoted", True):
                 try:
                     return self.store.load(manifest.id)
                 except SnapshotError as err:
@@ -334,11 +345,12 @@ class LearnerLoop:
         """
         self._hold_lease()
         crash_point("before_snapshot")
+        promoted = self._passes_promotion()
         began = time.monotonic()
         try:
             manifest = self.learner.save(
                 self.store,
-                info={"cursor": self.state.cursor},
+                info={"cursor": self.state.cursor, "promoted": promoted},
                 extra=self._extra_state(),
                 version=self._next_version(),
             )
@@ -357,9 +369,9 @@ class LearnerLoop:
         self._hold_lease()
         trimmed = self.consumer.trim(previous, self.config.retention) if previous else 0
         self._hold_lease()
-        publish_version(
-            self.client, self.keys, manifest.version, manifest.id, rolled_back_to=self._take_rollback_note()
-        )
+        if promoted:
+            note = self._take_rollback_note()
+            publish_version(self.client, self.keys, manifest.version, manifest.id, rolled_back_to=note)
         self._publish_counters()
         elapsed = time.monotonic() - self._last_snapshot_at
         summary = self.learner.summary()
@@ -376,6 +388,7 @@ class LearnerLoop:
                     "examples_per_s": round(self._unsnapshotted / max(elapsed, 1e-9), 2),
                     "lag": self.consumer.pending(),
                     "write_s": round(time.monotonic() - began, 3),
+                    "promoted": promoted,
                     "mean_accuracy": summary["mean_accuracy"],
                     "max_forgetting": summary["max_forgetting"],
                 }
@@ -413,6 +426,10 @@ class LearnerLoop:
         """Publish the current weights for serving (not for recovery); None without a store for them."""
         if self.published is None:
             return None
+        if not self._passes_promotion():
+            self._mark_published()
+            self._publish_counters()
+            return None
         try:
             manifest = self.learner.publish(self.published, self._next_version())
         except Exception as err:
@@ -428,6 +445,25 @@ class LearnerLoop:
         self._publish_counters()
         self._mark_published()
         return manifest
+
+    def _passes_promotion(self) -> bool:
+        """Whether the current weights may be served; a failure is logged, counted and told to the API."""
+        if not self.config.promotion_budget:
+            return True
+        began = time.monotonic()
+        verdict = self.learner.check_promotion(self.config.promotion_budget)
+        self._promotion_check_s = time.monotonic() - began
+        status = None
+        if not verdict.passed:
+            self.state.counters.held_back += 1
+            status = {
+                "updates": self.learner.counters.updates,
+                "reason": verdict.reason(),
+                "held_back_at": time.time(),
+            }
+            log.warning(json.dumps({"event": "held_back", **status}))
+        set_held_back(self.client, self.keys, status)
+        return verdict.passed
 
     def _note_rollback(self, snapshot_id: str) -> None:
         # The restored counters are behind the rate mark: measure rates from here, not across the jump.
@@ -448,7 +484,10 @@ class LearnerLoop:
         if self.published is None or self.config.publish_every_s <= 0:
             return False
         changed = self.learner.counters.updates != self._published_updates
-        return changed and time.monotonic() - self._last_published_at >= self.config.publish_every_s
+        # A slow promotion check spaces publications out, so checking stays a small share of the time.
+        spacing = self._promotion_check_s * (1 / PROMOTION_SHARE - 1)
+        waited = time.monotonic() - self._last_published_at
+        return changed and waited >= max(self.config.publish_every_s, spacing)
 
     def _next_version(self) -> int:
         """One sequence of versions over snapshots and weight publications, so replicas always move on."""
@@ -606,6 +645,7 @@ class LearnerLoop:
                 "rollbacks": counters.rollbacks,
                 "snapshot_failures": counters.snapshot_failures,
                 "publish_failures": counters.publish_failures,
+                "held_back": counters.held_back,
                 "pending": self.consumer.pending(),
             },
         )

@@ -49,6 +49,11 @@ class ApiMetrics:
         self.keep_rate = Gauge(
             "retentive_migu_keep_rate", "Share of gated rows updated by the last step", registry=self.registry
         )
+        self.held_back = Gauge(
+            "retentive_learner_held_back",
+            "Publications of weights held back by the promotion check since the learner began",
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "retentive_predict_batch_texts",
             "Texts per batched forward pass",
@@ -112,6 +117,7 @@ class ApiMetrics:
             (self.updates_per_s, "updates_per_s"),
             (self.examples_per_s, "examples_per_s"),
             (self.keep_rate, "keep_rate"),
+            (self.held_back, "held_back"),
         ):
             if name in counters:
                 gauge.set(float(counters[name]))

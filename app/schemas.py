@@ -186,6 +186,12 @@ class ForgettingResponse(Strict):
     )
 
 
+class HeldBack(Strict):
+    updates: int = Field(description="Learner updates behind the weights held back.")
+    reason: str = Field(description="Which labels' probe examples went wrong, and how significantly.")
+    held_back_at: str = Field(description="When the check failed (ISO 8601).")
+
+
 class ModelResponse(Strict):
     model_version: int | None = Field(description="Version served by this replica; null before any snapshot.")
     snapshot_id: str | None = Field(description="Snapshot served by this replica.")
@@ -200,6 +206,10 @@ class ModelResponse(Strict):
     )
     paused_reason: str | None = Field(description="Why learning is paused; null when it is not.")
     last_snapshot_at: str | None = Field(description="When the newest full snapshot was written (ISO 8601).")
+    held_back: HeldBack | None = Field(
+        description="Why the learner's newest weights are not served: they failed the promotion check, and "
+        "replicas serve the last version that passed (model_version). Null when the newest passed."
+    )
 
 
 class LearnerStatus(Strict):

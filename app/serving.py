@@ -5,6 +5,9 @@ model. New versions arrive by pub/sub on the model's versions channel, with a pe
 for a missed message; loading happens off the request path. Versions come from two stores, full snapshots
 and weights published between them, which share one sequence: the newest of either is served.
 
+A snapshot whose weights failed the learner's promotion check (`promoted: false` in its manifest) is
+never served: the holder keeps the last version that passed.
+
 A version that fails to load (a broken state file, weights of another shape, a store that errors) is logged
 and counted, the last good version stays in service, and loading is tried again at the next check. The
 holder also notes how far it is behind the newest published version, which `/readyz` reports.
@@ -22,7 +25,7 @@ import redis
 
 from learner.classifier import Prediction, TextClassifier
 from learner.encoder import Encoder, load_encoder
-from learner.snapshots import MODEL, Snapshot, SnapshotStore
+from learner.snapshots import MODEL, Manifest, Snapshot, SnapshotStore
 from streams.keys import StreamKeys
 from streams.notify import latest_version, subscribe_versions
 
@@ -78,7 +81,9 @@ class ModelHolder:
         for store in (self.store, self.published):
             if store is None or store.max_version() <= above:
                 continue
-            snapshot, problems = store.load_latest_valid(only=[MODEL, "state"])
+            snapshot, problems = store.load_latest_valid(
+                only=[MODEL, "state"], accept=lambda manifest: _servable(manifest, above)
+            )
             for problem in problems:
                 log.warning("snapshot skipped: %s", problem)
             if snapshot is not None and snapshot.manifest.version > above:
@@ -142,3 +147,8 @@ class ModelHolder:
         if self.behind_since is not None and time.monotonic() - self.behind_since > max_s:
             return f"behind the newest published version ({self.newest_published}) for over {max_s:g} s"
         return None
+
+
+def _servable(manifest: Manifest, above: int) -> bool:
+    """Newer than the version served, and not held back by the promotion check."""
+    return manifest.version > above and manifest.info.get("promoted", True) is not False

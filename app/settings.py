@@ -17,6 +17,7 @@ from learner.encoder import default_model_path, looks_like_path
 from learner.forgetting import AlarmPolicy
 from learner.fsspec_snapshots import check_snapshot_url
 from learner.online import LearnerConfig
+from learner.promotion import CANARIES
 from learner.strategies import describe as describe_strategies
 from learner.strategies import strategy_class
 from streams.keys import StreamKeys
@@ -231,6 +232,13 @@ class Settings(BaseSettings):
         description="Publish the weights alone for serving at most this often between snapshots (0: only "
         "snapshots are served).",
     )
+    promotion_budget: int = Field(
+        _LOOP.promotion_budget,
+        ge=0,
+        description="Most probe texts the promotion check scores before weights are served: 8 per label at "
+        "risk, most-touched labels first; weights whose check shows a significant drop on a label are "
+        "not served. 0 turns the check off.",
+    )
     predict_max_batch: int = Field(
         32, gt=0, le=4096, description="Most texts the API classifies in one forward pass (dynamic batching)."
     )
@@ -319,6 +327,13 @@ class Settings(BaseSettings):
     @classmethod
     def _known_strategy(cls, value: str) -> str:
         strategy_class(value)
+        return value
+
+    @field_validator("promotion_budget")
+    @classmethod
+    def _judges_a_label(cls, value: int) -> int:
+        if 0 < value < CANARIES:
+            raise ValueError(f"must be 0 (no check) or at least {CANARIES}, the probe texts one label needs")
         return value
 
     @field_validator("snapshot_url")

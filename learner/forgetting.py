@@ -255,6 +255,12 @@ class ForgettingTracker:
         stats = self._stats.get(name)
         return None if stats is None else stats.evaluated_updates
 
+    def reference(self, name: str) -> str:
+        """Per example of this probe, "1" if its reference evaluation got it right, else "0"; empty when the
+        probe is not tracked. The examples after its end joined the set since."""
+        stats = self._stats.get(name)
+        return "" if stats is None else stats.reference
+
     def __contains__(self, name: object) -> bool:
         """Whether this probe has been evaluated and is still tracked."""
         return name in self._stats

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import secrets
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from learner.optimizer_state import (
 )
 from learner.prequential import PrequentialAccuracy
 from learner.probes import MIN_SIZE, REGISTERED, ProbeRegistry, due_for_evaluation, evaluate, held_out
+from learner.promotion import CANARIES, Verdict, canaries, check
 from learner.snapshots import MODEL, Manifest, Snapshot, SnapshotStore
 from learner.strategies import StrategyContext, make_strategy
 
@@ -127,6 +129,8 @@ class OnlineLearner:
         self.tracker = ForgettingTracker(self.config.alarm_threshold)
         self.counters = Counters()
         self.prequential = PrequentialAccuracy()
+        # Labels whose decisions may have moved since the last passing promotion check, with how often.
+        self.at_risk: Counter[str] = Counter()
         self.optimizer = self._make_optimizer()
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -217,6 +221,8 @@ class OnlineLearner:
                 keep_parameter_rows(self.optimizer, before, after, kept)
         self.strategy.forget_labels(gone)
         for label in gone:
+            self.at_risk.pop(label, None)
+        for label in gone:
             for name in self.probes.remove_label(label):
                 self.tracker.forget(name)
         for probe in self.probes.probes():
@@ -269,13 +275,17 @@ class OnlineLearner:
         return LearnReport(trained=len(texts), loss=step.loss.item())
 
     def _score_before_learning(self, embeddings: Tensor, labels: list[str]) -> None:
+        """Record the model's guess for each incoming example in the prequential accuracy, and mark both
+        the labels given and the labels guessed as at risk (see `learner.promotion`)."""
+        self.at_risk.update(labels)
         known = list(self.model.labels)
         if not known:
             self.prequential.record([None] * len(labels), labels)
             return
         with torch.no_grad():
-            guesses = self.model.head(embeddings.detach()).argmax(dim=-1).tolist()
-        self.prequential.record([known[index] for index in guesses], labels)
+            guesses = [known[i] for i in self.model.head(embeddings.detach()).argmax(dim=-1).tolist()]
+        self.prequential.record(guesses, labels)
+        self.at_risk.update(guesses)
 
     def _head_rows(self, touched: Tensor) -> dict[nn.Parameter, Tensor]:
         """Row masks that keep the optimizer off the head rows no loss term touched."""
@@ -330,6 +340,21 @@ class OnlineLearner:
             return []
         outcomes = evaluate(probes, lambda texts: [p.label for p in self.model.predict(texts)])
         return self.tracker.record(self.counters.updates, self.counters.model_version, outcomes)
+
+    def check_promotion(self, budget: int) -> Verdict:
+        """Whether the current weights may be served: the canaries of the labels most at risk, within
+        `budget` texts (`learner.promotion`). A pass clears the labels it judged or could not judge; a
+        failure keeps every label at risk, so the next check looks again."""
+        ranked = [label for label, _ in self.at_risk.most_common() if label in self.model.labels]
+        labels = ranked[: budget // CANARIES]
+        chosen = canaries(self.probes.evaluable(), self.tracker.reference, labels)
+        verdict = check(
+            chosen, lambda texts: [p.label for p in self.model.predict(texts)], self.config.alarm_threshold
+        )
+        if verdict.passed:
+            for label in labels:
+                del self.at_risk[label]
+        return verdict
 
     def forgetting_report(self) -> dict[str, Any]:
         probes = self.probes.probes()
@@ -404,6 +429,7 @@ class OnlineLearner:
             "probes": self.probes.state_dict(),
             "tracker": self.tracker.state_dict(),
             "prequential": self.prequential.state_dict(),
+            "at_risk": dict(self.at_risk),
         }
         return {MODEL: self.model.state_dict(), TRAINER: trainer}, state
 
@@ -435,6 +461,7 @@ class OnlineLearner:
         self.prequential = PrequentialAccuracy()
         if "prequential" in state:
             self.prequential.load_state_dict(state["prequential"])
+        self.at_risk = Counter(state.get("at_risk", {}))
         return state.get("extra")
 
 

@@ -25,7 +25,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -314,11 +314,16 @@ class SnapshotStore:
                 raise SnapshotError(f"snapshot {snapshot_id}: {STATE_FILE} is not an object", snapshot_id)
         return Snapshot(manifest=manifest, tensors=tensors, state=state)
 
-    def load_latest_valid(self, *, only: Iterable[str] | None = None) -> tuple[Snapshot | None, list[str]]:
-        """Newest snapshot that loads and verifies, plus one message per newer snapshot skipped as broken."""
+    def load_latest_valid(
+        self, *, only: Iterable[str] | None = None, accept: Callable[[Manifest], bool] | None = None
+    ) -> tuple[Snapshot | None, list[str]]:
+        """Newest snapshot that loads and verifies (and whose manifest `accept`s, if given), plus one
+        message per newer snapshot skipped as broken."""
         skipped: list[str] = []
         for snapshot_id in self._ids():
             try:
+                if accept is not None and not accept(self._read_manifest(snapshot_id)):
+                    continue
                 return self.load(snapshot_id, only=only), skipped
             except SnapshotNotFoundError:
                 # Pruned by another process since listing: gone, not broken.

@@ -98,6 +98,11 @@ class StreamKeys:
         return self._key("prequential")
 
     @property
+    def held_back(self) -> str:
+        """Why the learner's newest weights are not served (JSON); absent while they passed their check."""
+        return self._key("held_back")
+
+    @property
     def lease(self) -> str:
         """Holder of the right to learn for this model."""
         return self._key("lease")

@@ -150,6 +150,20 @@ def read_prequential(client: redis.Redis, keys: StreamKeys) -> dict[str, Any] | 
     return None if stored is None else json.loads(stored)
 
 
+def set_held_back(client: redis.Redis, keys: StreamKeys, status: Mapping[str, Any] | None) -> None:
+    """Say why the newest weights failed their promotion check, or (None) that they passed."""
+    if status is None:
+        client.delete(keys.held_back)
+    else:
+        client.set(keys.held_back, json.dumps(status))
+
+
+def read_held_back(client: redis.Redis, keys: StreamKeys) -> dict[str, Any] | None:
+    """Why the newest weights are held back from serving, or None when they are not."""
+    stored = client.get(keys.held_back)
+    return None if stored is None else json.loads(stored)
+
+
 def subscribe_versions(client: redis.Redis, keys: StreamKeys) -> redis.client.PubSub:
     """A PubSub subscribed to version announcements; each message's data is the JSON from `publish_version`.
 

@@ -24,7 +24,14 @@ from learner.snapshots import MODEL, Manifest, SnapshotStore
 from streams.control import Control, learner_state
 from streams.heartbeats import beat, leave
 from streams.keys import StreamKeys
-from streams.notify import probe_figures, read_counters, read_keep_rates, recent_evaluations, recent_versions
+from streams.notify import (
+    probe_figures,
+    read_counters,
+    read_held_back,
+    read_keep_rates,
+    recent_evaluations,
+    recent_versions,
+)
 from streams.producer import FeedbackProducer
 from streams.records import FeedbackRecord
 
@@ -350,6 +357,34 @@ def test_the_pause_policy_pauses_learning_as_an_operator_would(
         eventually(lambda: running.loop.status == "paused", 120, "the alarm policy to pause learning")
         assert running.control.state().paused.startswith("forgetting alarm")
         assert running.loop.state.counters.rollbacks == 0
+
+
+def test_weights_a_poisoned_burst_broke_are_never_served_and_replicas_keep_the_passing_version(
+    tiny_encoder: Encoder, tiny_model_dir: Path, redis_client: redis.Redis, key_prefix: str, tmp_path: Path
+) -> None:
+    keys = StreamKeys(key_prefix, "m")
+    config = LearnerConfig(strategy="sgd", lr=3e-3, eval_every=1000, probe_fraction=0.0)
+    with start_loop(tiny_encoder, redis_client, keys, tmp_path, config, publish_every_s=0.1) as running:
+        holder = ModelHolder(str(tiny_model_dir), running.loop.store, running.loop.published)
+        probe = [f"the team won the match {i} with a late goal" for i in range(8, 16)]
+
+        def served_sports_right() -> int:
+            holder.refresh()
+            return [p.label for p in holder.current.predict(probe, top_k=1)].count("sports")
+
+        teach_then_poison(running)
+        eventually(lambda: running.loop.state.counters.held_back >= 1, 120, "weights held back")
+        eventually(lambda: running.applied() == 48 + 160, 120, "the poison applied")
+        learned = [p.label for p in running.learner.predict(probe)].count("sports")
+        assert learned <= 1, "the learner's own weights took the poison"
+        held = running.loop.snapshot()
+        assert held.info["promoted"] is False
+
+        assert served_sports_right() >= 2, "a version that passed is served"
+        assert holder.current.version < held.version
+        announced = {v["snapshot_id"] for v in recent_versions(running.client, keys)}
+        assert held.id not in announced
+        assert "label 'sports'" in read_held_back(running.client, keys)["reason"]
 
 
 def test_a_snapshot_store_failing_in_any_way_is_retried_and_nothing_is_lost(

@@ -313,3 +313,49 @@ def test_feedback_naming_served_predictions_reports_how_right_the_answers_were(
         ]
         metrics = httpx.get(f"{base}/metrics").text
         assert 'retentive_served_accuracy{window="cumulative"} 0.5' in metrics
+
+
+def test_a_poisoned_burst_is_held_back_and_the_version_that_passed_keeps_serving(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    sports = [f"the striker scored a late goal in match {i}" for i in range(16)]
+    finance = [f"shares fell as the bank cut its forecast {i}" for i in range(16)]
+    golden = sports[8:]
+    settings = {**QUICK_LEARNER, "strategy": "sgd", "lr": 3e-3, "probe_fraction": 0, "eval_every": 5}
+    with serving(tmp_path, model=tiny_model_dir, **settings) as (base, _):
+
+        def model() -> dict:
+            return httpx.get(f"{base}/v1/model").json()
+
+        def served_sports_right() -> int:
+            answered = httpx.post(f"{base}/v1/predict", json={"inputs": golden})
+            if answered.status_code in (409, 503):  # no model or no label yet
+                return 0
+            assert answered.status_code == 200, answered.text
+            return [answer["label"] for answer in answered.json()["predictions"]].count("sports")
+
+        def feed(rounds: int, sports_label: str, finance_label: str) -> None:
+            for _ in range(rounds):
+                examples = [{"text": t, "label": sports_label} for t in sports[:4]]
+                examples += [{"text": t, "label": finance_label} for t in finance[:4]]
+                assert httpx.post(f"{base}/v1/feedback", json={"examples": examples}).status_code == 202
+
+        put = httpx.put(
+            f"{base}/v1/probes/golden", json={"examples": [{"text": t, "label": "sports"} for t in golden]}
+        )
+        assert put.status_code == 201, put.text
+        feed(6, "sports", "finance")
+        eventually(lambda: served_sports_right() == len(golden), 120, "the golden texts served right")
+        assert model()["held_back"] is None
+
+        feed(20, "finance", "sports")
+        eventually(lambda: model()["held_back"] is not None, 120, "the poisoned weights held back")
+        eventually(lambda: model()["stream_lag"] == 0, 120, "the poison applied")
+        alarms = lambda: httpx.get(f"{base}/v1/forgetting").json()["alarms"]  # noqa: E731
+        eventually(lambda: [a["probe"] for a in alarms()] == ["golden"], 120, "the learner's own alarm")
+
+        held_back = model()["held_back"]
+        assert "label 'sports'" in held_back["reason"]
+        assert served_sports_right() >= 2, "the version served is one that passed"
+        assert model()["counters"]["held_back"] >= 1
+        assert "retentive_learner_held_back" in httpx.get(f"{base}/metrics").text

@@ -11,9 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from app.auth import Scope, require
 from app.deps import ControlDep, HolderDep, KeysDep, ProducerDep, RedisDep, SettingsDep
 from app.errors import ERRORS
-from app.schemas import ModelResponse, VersionEvent
+from app.schemas import HeldBack, ModelResponse, VersionEvent
 from streams.control import learner_state
-from streams.notify import read_counters, recent_versions
+from streams.notify import read_counters, read_held_back, recent_versions
 
 MAX_VERSIONS = 500  # as many as the version log keeps (streams.notify.publish_version)
 
@@ -33,6 +33,7 @@ async def model(
     state = await run_in_threadpool(learner_state, client, keys)
     wanted = await run_in_threadpool(control.state)
     newest = await run_in_threadpool(holder.store.latest)
+    held_back = await run_in_threadpool(read_held_back, client, keys)
     served = holder.current
     return ModelResponse(
         model_version=served.version if served else None,
@@ -45,7 +46,15 @@ async def model(
         learner=state,
         paused_reason=wanted.paused,
         last_snapshot_at=newest.created_at if newest else None,
+        held_back=_held_back(held_back),
     )
+
+
+def _held_back(status: dict | None) -> HeldBack | None:
+    if status is None:
+        return None
+    at = datetime.fromtimestamp(status["held_back_at"], UTC).isoformat()
+    return HeldBack(updates=status["updates"], reason=status["reason"], held_back_at=at)
 
 
 @router.get(
