@@ -18,9 +18,11 @@ machine.
 - peak RSS (VmHWM) of the API process and of the learner;
 - eval_share: the share of the learner's time that probe evaluation takes in steady state at the defaults,
   every probe set already big and more probe texts than one evaluation's budget, measured as rounds of
-  `RETENTIVE_EVAL_EVERY` timed updates then one timed evaluation.
+  `RETENTIVE_EVAL_EVERY` timed updates then one timed evaluation;
+- promotion_share: the share the promotion checks take in the same run, one due after every
+  `RETENTIVE_PUBLISH_EVERY_S` of the learner's time (or later, when a check is slow), as the loop does.
 
-`--only eval_share` measures that last figure alone (a few minutes on the default model).
+`--only eval_share` measures those last two figures alone (a few minutes on the default model).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from app.learner_loop import LearnerLoop
+from app.learner_loop import PROMOTION_SHARE, LearnerLoop
 from app.settings import Settings
 from bench.data import read_split
 from bench.meta import run_metadata
@@ -69,6 +71,7 @@ AIMS = {
     "p99_learning_vs_paused": ("<=", 1.5),
     "ingest_vs_xadd": (">=", 0.5),
     "eval_share": ("<=", 0.10),
+    "promotion_share": ("<=", 0.10),
 }
 
 
@@ -155,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "migu_vs_sgd_step": migu_ratio,
         **{key: service[key] for key in SERVICE_FIGURES},
         "eval_share": evaluation["eval_share"],
+        "promotion_share": evaluation["promotion_share"],
         "details": {
             "learner": learner,
             "step_s": {name: statistics.median(times) for name, times in steps.items()},
@@ -173,6 +177,7 @@ def _eval_result(evaluation: dict[str, Any], args: argparse.Namespace) -> dict[s
         **run_metadata("bench.speed"),
         "model": "tiny" if args.quick else "all-MiniLM-L6-v2",
         "eval_share": evaluation["eval_share"],
+        "promotion_share": evaluation["promotion_share"],
         "details": {"evaluation": evaluation},
     }
     result["aims"] = aims(result)
@@ -263,22 +268,33 @@ def evaluation_share(model: str, defaults: Settings, rounds: int) -> dict[str, A
         learner.register_probe(f"speed-{start}", [(r["text"], r["label"]) for r in chunk])
     while any(learner.tracker.last_evaluated(probe.name) is None for probe in learner.probes.evaluable()):
         learner.evaluate()  # every set scored once, as in a stream that has run a while
+    learner.check_promotion(defaults.promotion_budget)
     train_s, eval_s, scored = 0.0, 0.0, 0
+    checks = PromotionChecks(defaults.promotion_budget, defaults.publish_every_s)
     for round_ in range(rounds):
-        began = time.perf_counter()
         offset = defaults.batch_size + round_ * per_round
         for start in range(offset, offset + per_round, defaults.batch_size):
             batch = stream[start : start + defaults.batch_size]
+            began = time.perf_counter()
             learner.learn([Example(r["text"], r["label"]) for r in batch])
-        train_s += time.perf_counter() - began
+            train_s += time.perf_counter() - began
+            checks.maybe_check(learner)
         began = time.perf_counter()
         learner.evaluate()
         eval_s += time.perf_counter() - began
         scored += len(learner.tracker.column()["scored"])
+    total_s = train_s + eval_s + checks.seconds
     return {
         "eval_share": eval_s / (train_s + eval_s),
+        "promotion_share": checks.seconds / total_s,
+        "probe_share": (eval_s + checks.seconds) / total_s,
         "train_s": train_s,
         "eval_s": eval_s,
+        "promotion_s": checks.seconds,
+        "promotion_checks": checks.count,
+        "promotion_texts": checks.texts,
+        "promotion_budget": defaults.promotion_budget,
+        "publish_every_s": defaults.publish_every_s,
         "updates_per_evaluation": defaults.eval_every,
         "examples_per_update": defaults.batch_size,
         "eval_budget": defaults.eval_budget,
@@ -287,6 +303,27 @@ def evaluation_share(model: str, defaults: Settings, rounds: int) -> dict[str, A
         "strategy": defaults.strategy,
         "threads": defaults.learner_threads,
     }
+
+
+class PromotionChecks:
+    """The learner loop's promotion checks, on its clock: one when a publication is due, every
+    `publish_every_s` of the learner's time or further apart when a check is slow (`PROMOTION_SHARE`)."""
+
+    def __init__(self, budget: int, publish_every_s: float) -> None:
+        self.budget, self.publish_every_s = budget, publish_every_s
+        self.spacing = publish_every_s
+        self.last = time.perf_counter()
+        self.seconds, self.count, self.texts = 0.0, 0, 0
+
+    def maybe_check(self, learner: OnlineLearner) -> None:
+        if time.perf_counter() - self.last < self.spacing:
+            return
+        began = time.perf_counter()
+        verdict = learner.check_promotion(self.budget)
+        took = time.perf_counter() - began
+        self.seconds, self.count, self.texts = self.seconds + took, self.count + 1, self.texts + verdict.texts
+        self.spacing = max(self.publish_every_s, took * (1 / PROMOTION_SHARE - 1))
+        self.last = time.perf_counter()
 
 
 def _probe_records(count: int) -> list[dict[str, str]]:

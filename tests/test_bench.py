@@ -110,6 +110,8 @@ def test_speed_quick_measures_every_figure_against_its_reference(tmp_path: Path,
     assert learner["default_strategy"] == Settings().strategy and learner["default_examples_per_s"] > 0
     evaluation = result["details"]["evaluation"]
     assert evaluation["sets_scored"] >= 1 and evaluation["eval_budget"] == Settings().eval_budget
+    assert evaluation["promotion_budget"] == Settings().promotion_budget
+    assert 0 <= result["promotion_share"] < 1 and evaluation["promotion_checks"] >= 0
 
 
 def test_arrival_patterns_deliver_every_example_once_in_their_own_shape() -> None:
