@@ -334,6 +334,9 @@ class SnapshotInfo(Strict):
     updates: int | None = Field(description="Learner updates it holds.")
     mean_accuracy: float | None = Field(description="Mean probe accuracy when it was written.")
     alarms: int | None = Field(description="Forgetting alarms active when it was written.")
+    promoted: bool = Field(
+        description="Whether its weights passed the promotion check; replicas never serve one that did not."
+    )
 
 
 class ErrorDetail(Strict):

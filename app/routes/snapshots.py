@@ -84,6 +84,7 @@ def _info(m: Manifest) -> SnapshotInfo:
         updates=m.info.get("updates"),
         mean_accuracy=m.info.get("mean_accuracy"),
         alarms=m.info.get("alarms"),
+        promoted=m.info.get("promoted", True) is not False,
     )
 
 
