@@ -17,7 +17,8 @@ reported and retried every `snapshot_retry_s`; nothing it would hold is acknowle
 Between snapshots the weights alone are published for serving every `publish_every_s`, so feedback
 reaches predictions within seconds. Before each micro-batch the learner follows what operators asked
 (pause, rollback, registered probes; see `streams.control`) and backs off while an API replica reports
-prediction pressure above the bounds, since both share the CPU, for at most `backoff_max_s` in a row.
+prediction pressure above the bounds (`app.pressure`: texts queued, or answers slower than the replica's
+own fastest at the same size), since both share the CPU, for at most `backoff_max_s` in a row.
 
 No weights are served before they pass the promotion check (`learner.promotion`, within
 `promotion_budget` probe texts): weights that fail are neither published nor announced, a snapshot of them
@@ -77,7 +78,7 @@ class LoopConfig:
     publish_every_s: float = 5.0
     promotion_budget: int = 64
     backoff_queue: int = 64
-    backoff_latency_ms: float = 500.0
+    backoff_slowdown: float = 3.0
     backoff_s: float = 0.5
     backoff_max_s: float = 5.0
     snapshot_retry_s: float = 5.0
@@ -528,7 +529,7 @@ class LearnerLoop:
         for replica in alive(self.client, self.keys.pressure).values():
             if replica.get("queue", 0) > self.config.backoff_queue:
                 return True
-            if replica.get("p95_ms", 0) > self.config.backoff_latency_ms:
+            if replica.get("slowdown", 1.0) > self.config.backoff_slowdown:
                 return True
         return False
 

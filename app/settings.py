@@ -273,11 +273,12 @@ class Settings(BaseSettings):
         gt=0,
         description="The learner pauses between steps while an API replica has more texts than this queued.",
     )
-    backoff_latency_ms: float = Field(
-        _LOOP.backoff_latency_ms,
-        gt=0,
-        description="The learner also pauses while a replica's 95th percentile predict latency (ms) "
-        "is above this.",
+    backoff_slowdown: float = Field(
+        _LOOP.backoff_slowdown,
+        gt=1,
+        description="The learner also pauses while a replica answers this many times slower than its own "
+        "fastest answer to a request of the same size (95th percentile over the last 5 s): contention, "
+        "where a request of many texts that is merely long is not.",
     )
     backoff_s: float = Field(
         _LOOP.backoff_s,

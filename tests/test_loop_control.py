@@ -237,14 +237,27 @@ def test_weights_are_published_between_snapshots_and_served(
         assert holder.refresh() and holder.current.version == snapshot.version
 
 
-def test_the_learner_backs_off_while_a_replica_reports_pressure(running: RunningLoop) -> None:
-    beat(running.client, running.keys.pressure, "replica-1", {"queue": 10_000, "p95_ms": 0.0}, ttl_s=60)
+@pytest.mark.parametrize(
+    "pressure", [{"queue": 10_000, "slowdown": 1.0}, {"queue": 0, "slowdown": 5.0}], ids=["queue", "slowdown"]
+)
+def test_the_learner_backs_off_while_a_replica_reports_pressure(
+    running: RunningLoop, pressure: dict[str, float]
+) -> None:
+    beat(running.client, running.keys.pressure, "replica-1", pressure, ttl_s=60)
     eventually(lambda: running.loop.state.counters.backoffs >= 1, 60, "the learner to back off")
     running.feed(16)
     eventually(lambda: running.loop.state.counters.backoffs >= 3, 60, "the learner to keep backing off")
     assert running.applied() == 0
     leave(running.client, running.keys.pressure, "replica-1")
     eventually(lambda: running.applied() == 16, 60, "learning to resume once the pressure is gone")
+
+
+def test_a_replica_answering_as_fast_as_it_can_does_not_hold_learning_back(running: RunningLoop) -> None:
+    # Requests of many texts take long, but no longer than this replica's own fastest of their size.
+    beat(running.client, running.keys.pressure, "replica-1", {"queue": 0, "slowdown": 1.2}, ttl_s=60)
+    running.feed(16)
+    eventually(lambda: running.applied() == 16, 60, "the feedback applied")
+    assert running.loop.state.counters.backoffs == 0
 
 
 def test_a_rollback_is_logged_with_its_version_and_rates_do_not_run_backwards(running: RunningLoop) -> None:
@@ -277,7 +290,7 @@ def test_under_sustained_pressure_the_learner_still_steps_now_and_then(
 ) -> None:
     keys = StreamKeys(key_prefix, "m")
     with start_loop(tiny_encoder, redis_client, keys, tmp_path, backoff_max_s=1.0) as running:
-        beat(running.client, running.keys.pressure, "replica-1", {"queue": 10_000, "p95_ms": 0.0}, ttl_s=60)
+        beat(running.client, running.keys.pressure, "replica-1", {"queue": 10_000, "slowdown": 1.0}, ttl_s=60)
         running.feed(24)
         eventually(lambda: running.applied() == 24, 60, "steps taken despite the pressure")
         assert running.loop.state.counters.backoffs >= 2

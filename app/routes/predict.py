@@ -42,7 +42,7 @@ async def predict(
     limits.check_inputs(body.inputs)
     began = time.perf_counter()
     served, predictions = await _unless_the_client_leaves(request, batcher.submit(body.inputs, body.top_k))
-    latencies.record(time.perf_counter() - began)
+    latencies.record(time.perf_counter() - began, len(body.inputs))
     metrics.predictions.inc(len(predictions))
     answered = [Served(served_log.new_id(), served.version, p.label, p.score) for p in predictions]
     # Remembered after the response is sent, so the answer waits for no Redis write.
