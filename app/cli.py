@@ -42,6 +42,16 @@ def _settings(**overrides: object) -> Settings:
         _fail(str(err))
 
 
+def _check_device(setting: str, name: str) -> None:
+    """Fail at start, naming the setting, when the device it asks for is not on this machine."""
+    from learner.devices import resolve_device
+
+    try:
+        resolve_device(name)
+    except ValueError as err:
+        _fail(f"RETENTIVE_{setting}: {err}")
+
+
 def _read_api_key(path: Path) -> str:
     try:
         lines = path.expanduser().read_text().splitlines()
@@ -70,6 +80,8 @@ def doctor(model: ModelOpt = None, data_dir: DataDirOpt = None, redis_url: Redis
     from app.doctor import doctor_report
 
     settings = _settings(model=model, data_dir=data_dir, redis_url=redis_url)
+    _check_device("DEVICE", settings.device)
+    _check_device("API_DEVICE", settings.api_device)
     try:
         with embedded_server(settings.redis_url, settings.data_dir):
             rows = doctor_report(settings)
@@ -107,6 +119,9 @@ def serve(
             f"RETENTIVE_HOST: {settings.host} is reachable from other machines and no API key is set; "
             "set RETENTIVE_API_KEYS or pass --insecure"
         )
+    _check_device("API_DEVICE", settings.api_device)
+    if learner:
+        _check_device("DEVICE", settings.device)
     with ExitStack() as stack:
         try:
             stack.enter_context(embedded_server(settings.redis_url, settings.data_dir))
@@ -152,6 +167,7 @@ def learn(
     from app.learner_process import run_learner
 
     settings = _settings(model=model, data_dir=data_dir, redis_url=redis_url)
+    _check_device("DEVICE", settings.device)
     try:
         if parent_pid is None:
             with embedded_server(settings.redis_url, settings.data_dir):

@@ -29,6 +29,7 @@ from app.routes import ROUTERS
 from app.serving import ModelHolder, ServedModel
 from app.settings import Settings
 from learner.classifier import Prediction
+from learner.devices import resolve_device
 from learner.stores import open_snapshot_store
 from streams.connection import connect
 from streams.control import Control
@@ -42,6 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
         settings.model,
         open_snapshot_store(settings.snapshot_dir),
         open_snapshot_store(settings.published_dir, keep=2),
+        resolve_device(settings.api_device),
     )
     metrics = ApiMetrics()
     batcher = _batcher(holder, settings, metrics)

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 
 import redis
+import torch
 
 from learner.classifier import Prediction, TextClassifier
 from learner.encoder import Encoder, load_encoder
@@ -45,8 +46,15 @@ class ServedModel:
 class ModelHolder:
     """Holds the newest published model; `current` is None until the learner has written a snapshot."""
 
-    def __init__(self, model: str, store: SnapshotStore, published: SnapshotStore | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        store: SnapshotStore,
+        published: SnapshotStore | None = None,
+        device: torch.device | None = None,
+    ) -> None:
         self.model = model
+        self.device = device or torch.device("cpu")
         self.store = store
         self.published = published
         self.current: ServedModel | None = None
@@ -70,7 +78,7 @@ class ModelHolder:
             snapshot = self._newest_valid(above=served)
             if snapshot is None:
                 return False
-            classifier = TextClassifier.from_snapshot(*self._fresh_encoder(), snapshot)
+            classifier = TextClassifier.from_snapshot(*self._fresh_encoder(), snapshot).to(self.device)
             self.current = ServedModel(snapshot.manifest.version, snapshot.id, classifier)
             log.info("serving model version %d (%s)", self.current.version, self.current.snapshot_id)
             return True

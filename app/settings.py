@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.auth import parse_api_keys, read_key_file
 from app.learner_loop import LoopConfig
+from learner.devices import CHOICES as DEVICE_CHOICES
+from learner.devices import check_device_name
 from learner.encoder import default_model_path, looks_like_path
 from learner.forgetting import AlarmPolicy
 from learner.fsspec_snapshots import check_snapshot_url
@@ -224,6 +226,14 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address the API binds to.")
     port: int = Field(8000, ge=0, le=65535, description="Port the API binds to.")
+    device: str = Field(
+        _LEARNER.device,
+        description=f"Where the learner computes: {DEVICE_CHOICES}. auto takes CUDA where there is a GPU, "
+        "else the CPU; snapshots load on any device.",
+    )
+    api_device: str = Field(
+        "auto", description=f"Where an API replica predicts: {DEVICE_CHOICES}, as RETENTIVE_DEVICE."
+    )
     api_threads: int = Field(1, gt=0, description="Torch threads of the API process (inference).")
     learner_threads: int = Field(1, gt=0, description="Torch threads of the learner process (training).")
     publish_every_s: float = Field(
@@ -329,6 +339,12 @@ class Settings(BaseSettings):
     def _known_strategy(cls, value: str) -> str:
         strategy_class(value)
         return value
+
+    @field_validator("device", "api_device")
+    @classmethod
+    def _device_form(cls, value: str) -> str:
+        # Only the form: whether the device is here is for the process that uses it to say.
+        return check_device_name(value)
 
     @field_validator("promotion_budget")
     @classmethod

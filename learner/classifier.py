@@ -118,10 +118,16 @@ class TextClassifier(nn.Module):
         classifier.eval()
         return classifier
 
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
     def tokenize(self, texts: list[str]) -> BatchEncoding:
-        return self.tokenizer(
+        """Token ids and attention mask of `texts`, padded together, on the model's device."""
+        batch = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
+        return batch.to(self.device)
 
     def embed(self, batch: BatchEncoding) -> Tensor:
         hidden = self.encoder(
@@ -130,7 +136,7 @@ class TextClassifier(nn.Module):
         return mean_pool(hidden, batch["attention_mask"])
 
     def label_ids(self, labels: list[str]) -> Tensor:
-        return torch.tensor([self._index[label] for label in labels])
+        return torch.tensor([self._index[label] for label in labels], device=self.device)
 
     def unseen(self, labels: list[str]) -> list[str]:
         """Labels not in the head yet, in first-seen order; raises if they would pass the cap."""
@@ -155,7 +161,7 @@ class TextClassifier(nn.Module):
     def _initial_row(self, embeddings: Tensor, labels: list[str], label: str) -> Tensor:
         dim = embeddings.shape[1]
         if not self.imprint:
-            return torch.randn(dim) * 0.02
+            return torch.randn(dim, device=embeddings.device) * 0.02
         picked = embeddings[[i for i, name in enumerate(labels) if name == label]].detach().float()
         row = nn.functional.normalize(picked.mean(0), dim=0)
         # Match the scale of rows already learned so a new label neither swamps nor vanishes.
@@ -166,7 +172,9 @@ class TextClassifier(nn.Module):
     def remove_labels(self, labels: set[str]) -> Tensor:
         """Drop these labels' head rows; the indices of the rows kept, in their order."""
         kept = torch.tensor(
-            [i for i, label in enumerate(self.labels) if label not in labels], dtype=torch.long
+            [i for i, label in enumerate(self.labels) if label not in labels],
+            dtype=torch.long,
+            device=self.device,
         )
         self.head.keep(kept)
         self.set_labels([label for label in self.labels if label not in labels])

@@ -15,6 +15,7 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from learner.classifier import HeadKind, Prediction, TextClassifier
+from learner.devices import resolve_device, rng_state, set_rng_state
 from learner.forgetting import Alarm, ForgettingTracker
 from learner.losses import LossKind, classification_loss
 from learner.optimizer_state import (
@@ -57,6 +58,7 @@ class LearnerConfig:
     replay_ratio: float = 0.5
     max_length: int = 128
     max_labels: int = 10_000
+    device: str = "auto"
     probe_fraction: float = 0.05
     probe_window: int = 1000
     probe_size: int = 200
@@ -120,7 +122,7 @@ class OnlineLearner:
             max_length=self.config.max_length,
             max_labels=self.config.max_labels,
             imprint=self.config.imprint,
-        )
+        ).to(resolve_device(self.config.device))
         context = StrategyContext(self.model, self.config, self.rng)
         self.strategy = make_strategy(self.config.strategy, context)
         self.probes = ProbeRegistry(
@@ -247,7 +249,7 @@ class OnlineLearner:
             return LearnReport()
         new_labels = self.model.unseen(labels)
         all_texts, all_labels = self.strategy.batch(texts, labels)
-        is_replayed = torch.arange(len(all_texts)) >= len(texts)
+        is_replayed = torch.arange(len(all_texts), device=self.model.device) >= len(texts)
 
         self.model.train()
         batch = self.model.tokenize(all_texts)
@@ -416,6 +418,9 @@ class OnlineLearner:
         optimizer_tensors, optimizer_state = split_optimizer_state(self.optimizer.state_dict())
         trainer = {f"optim.{key}": value for key, value in optimizer_tensors.items()}
         trainer["rng.torch"] = torch.get_rng_state()
+        device_rng = rng_state(self.model.device)
+        if device_rng is not None:
+            trainer[f"rng.{self.model.device.type}"] = device_rng
         strategy_tensors, strategy_state = self.strategy.state()
         trainer.update(strategy_tensors)
         state = {
@@ -451,6 +456,10 @@ class OnlineLearner:
         self.optimizer.load_state_dict(join_optimizer_state(_strip(trainer, "optim."), state["optimizer"]))
         self.strategy.load_state(trainer, state)
         torch.set_rng_state(trainer["rng.torch"])
+        # A snapshot from another kind of device leaves this device's generator where it is.
+        device_rng = trainer.get(f"rng.{self.model.device.type}")
+        if device_rng is not None:
+            set_rng_state(self.model.device, device_rng)
         self.rng.setstate(_rng_from_json(state["rng"]))
         # A snapshot from before salted routing keeps this learner's new salt: texts it held out stay in
         # their probe sets, and `ProbeRegistry.holds` keeps them out of training.

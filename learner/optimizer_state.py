@@ -47,7 +47,7 @@ def _repoint(optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn.Parame
 def _kept_rows(value: object, old_rows: int, rows: Tensor) -> object:
     if not isinstance(value, torch.Tensor) or value.ndim == 0 or value.shape[0] != old_rows:
         return value
-    return value[rows].clone()
+    return value[rows.to(value.device)].clone()
 
 
 def _grow_rows(value: object, old_rows: int, new_rows: int) -> object:

@@ -54,6 +54,7 @@ def test_doctor_with_embedded_redis_reports_real_values(tmp_path: Path) -> None:
     assert re.match(r"embedded, files in .*\(server 6\.\d+\.\d+\)", report["redis"])
     assert re.match(r"\d+\.\d+\.\d+.*\d+ threads available", report["torch"])
     assert "22.7M" in result.stdout
+    assert re.search(r"learner device\s+(cpu \(\d+ cores, [\d.]+ GiB\)|cuda.*GiB\)), fp32", result.stdout)
     assert f"data dir          {tmp_path}" in result.stdout
     assert "warning" not in result.stdout, "the embedded Redis persists every write and evicts nothing"
 
@@ -75,6 +76,11 @@ def test_doctor_with_redis_url_reports_that_server(tmp_path: Path) -> None:
             "RETENTIVE_REDIS_URL: cannot reach redis://127.0.0.1:1/0",
         ),
         ([], {"RETENTIVE_BATCH_SIZE": "-1"}, "RETENTIVE_BATCH_SIZE: Input should be greater than 0"),
+        (
+            [],
+            {"RETENTIVE_DEVICE": "gpu"},
+            "RETENTIVE_DEVICE: 'gpu' is not a device: use auto, cpu",
+        ),
     ],
 )
 def test_bad_configuration_is_one_clear_line(args: list[str], env: dict[str, str], named: str) -> None:

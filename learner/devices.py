@@ -1,0 +1,67 @@
+"""Where the learner and the replicas compute: `auto` takes CUDA where there is a GPU, else the CPU.
+
+The model, its batches, masks and targets, the gate's statistics and the optimizer state live on the
+device; snapshots are written from CPU copies (`learner.snapshots`), so a GPU learner's snapshot loads on a
+CPU replica unchanged. Each device has its own random generator, saved and restored beside the CPU's so
+that a resumed run repeats exactly on the device it ran on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+from torch import Tensor
+
+CHOICES = "auto, cpu, cuda, cuda:N or mps"
+_FORM = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device_name(name: str) -> str:
+    """`name` if it is one of the forms a device setting takes; ValueError naming them otherwise."""
+    if not _FORM.fullmatch(name):
+        raise ValueError(f"{name!r} is not a device: use {CHOICES}")
+    return name
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device `name` means on this machine; ValueError saying what to set when it is not here."""
+    check_device_name(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ValueError(f"{name!r}: this machine has {count} CUDA devices; use cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name!r} asks for Apple's MPS, which this machine lacks: use cpu or auto")
+    return device
+
+
+def rng_state(device: torch.device) -> Tensor | None:
+    """The device's own random generator state; None for the CPU, whose state is saved anyway."""
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    if device.type == "mps":
+        return torch.mps.get_rng_state()
+    return None
+
+
+def set_rng_state(device: torch.device, state: Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    elif device.type == "mps":
+        torch.mps.set_rng_state(state)
+
+
+def describe(device: torch.device) -> str:
+    """The device and its memory, in words."""
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        return f"{device} ({properties.name}, {properties.total_memory / 2**30:.1f} GiB)"
+    if device.type == "mps":
+        return "mps (Apple GPU, memory shared with the CPU)"
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"cpu ({os.cpu_count()} cores, {memory / 2**30:.1f} GiB)"
