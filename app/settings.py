@@ -6,6 +6,7 @@ import dataclasses
 import os
 from pathlib import Path
 from typing import Literal, TypeVar
+from urllib.parse import urlsplit
 
 import redis
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
@@ -22,6 +23,7 @@ from learner.online import LearnerConfig
 from learner.promotion import CANARIES
 from learner.strategies import describe as describe_strategies
 from learner.strategies import strategy_class
+from streams.connection import SENTINEL_SCHEME, parse_sentinel_url
 from streams.keys import StreamKeys
 from streams.producer import FeedbackProducer
 from streams.records import DEFAULT_LIMITS as _RECORD
@@ -62,8 +64,9 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         "",
         validation_alias=AliasChoices("RETENTIVE_REDIS_URL", "REDIS_URL"),
-        description="Redis server URL (also read from REDIS_URL). Empty: start an embedded Redis under "
-        "the data directory.",
+        description="Redis server URL (also read from REDIS_URL), or redis+sentinel://host:port[,host:port"
+        ".]/service[/db] to follow the primary Sentinel names. Empty: start an embedded Redis under the "
+        "data directory.",
     )
     model_name: str = Field(
         "default",
@@ -351,6 +354,13 @@ class Settings(BaseSettings):
     def _judges_a_label(cls, value: int) -> int:
         if 0 < value < CANARIES:
             raise ValueError(f"must be 0 (no check) or at least {CANARIES}, the probe texts one label needs")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _sentinel_form(cls, value: str) -> str:
+        if urlsplit(value).scheme == SENTINEL_SCHEME:
+            parse_sentinel_url(value)
         return value
 
     @field_validator("snapshot_url")

@@ -1,15 +1,24 @@
-"""One way to get a Redis client: the server at a URL, or the embedded one under the data directory."""
+"""One way to get a Redis client: the server at a URL, the primary that Sentinel names, or the embedded one
+under the data directory.
+
+A Sentinel URL is `redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]`: the sentinels'
+addresses, the name they monitor the primary under, and the database. The client asks the sentinels for
+the current primary on every new connection, so after a fail-over it follows the promoted replica once its
+retries reconnect. Replication is asynchronous: what the old primary acknowledged and had not yet sent to
+the replica is lost with it (docs/scaling.md says how much, measured).
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from streams.embedded import EmbeddedRedis, EmbeddedRedisError
 from streams.replies import as_text
@@ -17,6 +26,7 @@ from streams.replies import as_text
 # Ride out a Redis restart or failover of a few seconds before reporting the server as gone.
 _RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=6)
 _RETRY_ON = [redis.ConnectionError, redis.TimeoutError]
+SENTINEL_SCHEME = "redis+sentinel"
 
 
 class RedisUnavailableError(RuntimeError):
@@ -39,14 +49,11 @@ def embedded_dir(data_dir: Path) -> Path:
 
 def connect(redis_url: str, data_dir: Path) -> redis.Redis:
     """A checked client for `redis_url`, or for the embedded server under `data_dir` when it is empty."""
-    if redis_url:
-        client = redis.Redis.from_url(
-            redis_url,
-            retry=_RETRY,
-            retry_on_error=_RETRY_ON,
-            socket_connect_timeout=5,
-            health_check_interval=30,
-        )
+    if urlsplit(redis_url).scheme == SENTINEL_SCHEME:
+        client = _sentinel_primary(redis_url)
+        where = f"the primary Sentinel names at {redacted(redis_url)}"
+    elif redis_url:
+        client = redis.Redis.from_url(redis_url, **_CLIENT_OPTIONS)
         where = redacted(redis_url)
     else:
         server = _embedded(data_dir)
@@ -58,6 +65,44 @@ def connect(redis_url: str, data_dir: Path) -> redis.Redis:
     except redis.RedisError as err:
         raise RedisUnavailableError(f"cannot reach {where}: {err}") from err
     return client
+
+
+_CLIENT_OPTIONS: dict = {
+    "retry": _RETRY,
+    "retry_on_error": _RETRY_ON,
+    "socket_connect_timeout": 5,
+    "health_check_interval": 30,
+}
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int]:
+    """The sentinels' addresses, the monitored service's name and the database of a Sentinel URL;
+    ValueError saying what is wrong otherwise."""
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    path = [segment for segment in parts.path.split("/") if segment]
+    form = f"{SENTINEL_SCHEME}://host:port[,host:port...]/service[/db]"
+    if not hosts or not 1 <= len(path) <= 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(f"{redacted(url)} is not a Sentinel URL of the form {form}")
+    sentinels = []
+    for address in hosts.split(","):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{redacted(url)}: {address!r} is not host:port ({form})")
+        sentinels.append((host.strip("[]"), int(port)))
+    return sentinels, path[0], int(path[1]) if len(path) == 2 else 0
+
+
+def _sentinel_primary(url: str) -> redis.Redis:
+    sentinels, service, db = parse_sentinel_url(url)
+    parts = urlsplit(url)
+    auth = {
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else None,
+    }
+    # The sentinels are asked without the primary's password (Sentinel has its own, rarely set).
+    sentinel = Sentinel(sentinels, socket_timeout=5, socket_connect_timeout=5)
+    return sentinel.master_for(service, db=db, **auth, **_CLIENT_OPTIONS)
 
 
 @contextlib.contextmanager
