@@ -23,7 +23,12 @@ from learner.online import LearnerConfig
 from learner.promotion import CANARIES
 from learner.strategies import describe as describe_strategies
 from learner.strategies import strategy_class
-from streams.connection import SENTINEL_SCHEME, parse_sentinel_url
+from streams.connection import (
+    CLUSTER_SCHEME,
+    SENTINEL_SCHEME,
+    parse_cluster_url,
+    parse_sentinel_url,
+)
 from streams.keys import StreamKeys
 from streams.producer import FeedbackProducer
 from streams.records import DEFAULT_LIMITS as _RECORD
@@ -64,9 +69,9 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         "",
         validation_alias=AliasChoices("RETENTIVE_REDIS_URL", "REDIS_URL"),
-        description="Redis server URL (also read from REDIS_URL), or redis+sentinel://host:port[,host:port"
-        ".]/service[/db] to follow the primary Sentinel names. Empty: start an embedded Redis under the "
-        "data directory.",
+        description="Redis server URL (also read from REDIS_URL); redis+sentinel://host:port[,host:port..."
+        "]/service[/db] to follow the primary Sentinel names; redis+cluster://host:port[,host:port...] for "
+        "a Redis Cluster. Empty: start an embedded Redis under the data directory.",
     )
     model_name: str = Field(
         "default",
@@ -358,9 +363,12 @@ class Settings(BaseSettings):
 
     @field_validator("redis_url")
     @classmethod
-    def _sentinel_form(cls, value: str) -> str:
-        if urlsplit(value).scheme == SENTINEL_SCHEME:
+    def _sentinel_or_cluster_form(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme == SENTINEL_SCHEME:
             parse_sentinel_url(value)
+        elif scheme == CLUSTER_SCHEME:
+            parse_cluster_url(value)
         return value
 
     @field_validator("snapshot_url")

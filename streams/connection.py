@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -27,6 +28,7 @@ from streams.replies import as_text
 _RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=6)
 _RETRY_ON = [redis.ConnectionError, redis.TimeoutError]
 SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEME = "redis+cluster"
 
 
 class RedisUnavailableError(RuntimeError):
@@ -49,9 +51,13 @@ def embedded_dir(data_dir: Path) -> Path:
 
 def connect(redis_url: str, data_dir: Path) -> redis.Redis:
     """A checked client for `redis_url`, or for the embedded server under `data_dir` when it is empty."""
-    if urlsplit(redis_url).scheme == SENTINEL_SCHEME:
+    scheme = urlsplit(redis_url).scheme
+    if scheme == SENTINEL_SCHEME:
         client = _sentinel_primary(redis_url)
         where = f"the primary Sentinel names at {redacted(redis_url)}"
+    elif scheme == CLUSTER_SCHEME:
+        client = _cluster(redis_url)
+        where = f"the Redis Cluster at {redacted(redis_url)}"
     elif redis_url:
         client = redis.Redis.from_url(redis_url, **_CLIENT_OPTIONS)
         where = redacted(redis_url)
@@ -84,13 +90,40 @@ def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int]:
     form = f"{SENTINEL_SCHEME}://host:port[,host:port...]/service[/db]"
     if not hosts or not 1 <= len(path) <= 2 or (len(path) == 2 and not path[1].isdigit()):
         raise ValueError(f"{redacted(url)} is not a Sentinel URL of the form {form}")
-    sentinels = []
-    for address in hosts.split(","):
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"{redacted(url)}: {address!r} is not host:port ({form})")
-        sentinels.append((host.strip("[]"), int(port)))
+    sentinels = [_address(url, address, form) for address in hosts.split(",")]
     return sentinels, path[0], int(path[1]) if len(path) == 2 else 0
+
+
+def parse_cluster_url(url: str) -> list[tuple[str, int]]:
+    """The addresses of a Cluster URL's startup nodes; ValueError saying what is wrong otherwise."""
+    parts = urlsplit(url)
+    form = f"{CLUSTER_SCHEME}://host:port[,host:port...]"
+    hosts = parts.netloc.rpartition("@")[2]
+    if not hosts or parts.path.strip("/"):
+        raise ValueError(
+            f"{redacted(url)} is not a Cluster URL of the form {form} (a cluster has one database)"
+        )
+    return [_address(url, address, form) for address in hosts.split(",")]
+
+
+def _address(url: str, address: str, form: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{redacted(url)}: {address!r} is not host:port ({form})")
+    return host.strip("[]"), int(port)
+
+
+def _cluster(url: str) -> redis.Redis:
+    parts = urlsplit(url)
+    nodes = [ClusterNode(host, port) for host, port in parse_cluster_url(url)]
+    # A model's keys share one hash tag (streams.keys): its scripts and transactions run on one slot.
+    return RedisCluster(
+        startup_nodes=nodes,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        retry=_RETRY,
+        socket_connect_timeout=5,
+    )
 
 
 def _sentinel_primary(url: str) -> redis.Redis:

@@ -41,14 +41,15 @@ def publish_version(
             "rolled_back_to": rolled_back_to,
         }
     )
-    # The hash is written first in the same transaction, so a subscriber that reacts to the message
-    # by reading the latest version never sees an older one.
+    # The hash and the log are written first, so a subscriber that reacts to the message by reading the
+    # latest version never sees an older one; the message goes after, as Redis Cluster runs no PUBLISH
+    # inside a transaction.
     pipe = client.pipeline(transaction=True)
     pipe.hset(keys.counters, mapping={"version": version, "snapshot_id": snapshot_id})
     pipe.lpush(keys.version_log, message)
     pipe.ltrim(keys.version_log, 0, keep - 1)
-    pipe.publish(keys.versions, message)
     pipe.execute()
+    client.publish(keys.versions, message)
 
 
 def recent_versions(client: redis.Redis, keys: StreamKeys, limit: int = 100) -> list[dict[str, Any]]:

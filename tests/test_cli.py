@@ -77,6 +77,11 @@ def test_doctor_with_redis_url_reports_that_server(tmp_path: Path) -> None:
         ),
         ([], {"RETENTIVE_BATCH_SIZE": "-1"}, "RETENTIVE_BATCH_SIZE: Input should be greater than 0"),
         (
+            ["--redis-url", "redis+cluster://127.0.0.1:7000/0"],
+            {},
+            "RETENTIVE_REDIS_URL: redis+cluster://127.0.0.1:7000/0 is not a Cluster URL",
+        ),
+        (
             [],
             {"RETENTIVE_DEVICE": "gpu"},
             "RETENTIVE_DEVICE: 'gpu' is not a device: use auto, cpu",

@@ -1,11 +1,13 @@
 """A real `retentive serve` under faults: its learner child killed and its Redis crashed mid-stream, a new
-snapshot published while 32 clients predict, and a label-flipping burst that the rollback policy undoes."""
+snapshot published while 32 clients predict, a label-flipping burst that the rollback policy undoes, a Redis
+Sentinel fail-over, and two models' learners and replicas on a Redis Cluster with a learner killed."""
 
 from __future__ import annotations
 
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -18,7 +20,7 @@ import psutil
 import pytest
 
 from app.serving import ModelHolder
-from bench.service import eventually, serve_log, serving
+from bench.service import eventually, free_port, serve_log, service_env, serving, wait_ready
 from learner.encoder import load_encoder
 from learner.online import Example, LearnerConfig, OnlineLearner
 from learner.snapshots import SnapshotStore
@@ -26,7 +28,7 @@ from streams.connection import connect, embedded_dir
 from streams.embedded import EmbeddedRedis
 from streams.keys import StreamKeys
 from streams.notify import publish_version
-from tests.sentinels import sentinel_group
+from tests.redis_servers import needs_redis_binaries, redis_cluster, sentinel_group
 
 pytestmark = pytest.mark.reliability
 
@@ -329,6 +331,7 @@ def test_sigterm_stops_serve_and_its_learner_after_a_last_snapshot(
     assert {stream_id for stream_id, _, _ in final_ledger(data_dir)} == stream_ids
 
 
+@needs_redis_binaries
 def test_a_sentinel_fail_over_moves_the_service_to_the_promoted_primary(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
@@ -374,3 +377,100 @@ def test_a_sentinel_fail_over_moves_the_service_to_the_promoted_primary(
         f"lost with the old primary; {len(traffic.predictions)} predictions, all 200; feedback answers "
         f"{dict(Counter(status for _, status in traffic.feedback))}"
     )
+
+
+@dataclass
+class ModelProcesses:
+    """One model's learner and API replica, started as a team would run them, logging under `data_dir`."""
+
+    name: str
+    data_dir: Path
+    env: dict[str, str]
+    base: str = ""
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self, command: list[str], **extra: str) -> subprocess.Popen:
+        logs = self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with (logs / f"{self.name}-{command[1]}-{len(self.processes)}.log").open("wb") as log:
+            process = subprocess.Popen(command, env={**self.env, **extra}, stdout=log, stderr=log)
+        self.processes.append(process)
+        return process
+
+    def start_learner(self) -> subprocess.Popen:
+        return self.start(["retentive", "learn"])
+
+    def start_replica(self) -> None:
+        port = free_port()
+        replica = self.start(["retentive", "serve", "--no-learner"], RETENTIVE_PORT=str(port))
+        self.base = f"http://127.0.0.1:{port}"
+        wait_ready(self.base, replica)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait(timeout=60)
+
+    def ledger(self) -> Counter:
+        store = SnapshotStore(self.data_dir / "snapshots" / self.name)
+        snapshot, problems = store.load_latest_valid(only=["state"])
+        assert snapshot is not None, problems
+        return Counter(stream_id for stream_id, _, _ in snapshot.state["extra"]["ledger"])
+
+
+def applied_everything(base: str) -> bool:
+    answer = model(base)
+    done = sum(answer["counters"].get(name, 0) for name in ("applied", "held_out", "dead_lettered"))
+    return done == answer["counters"]["accepted"] and answer["stream_lag"] == 0
+
+
+@needs_redis_binaries
+def test_two_models_on_a_redis_cluster_learn_apart_and_a_killed_learner_loses_nothing(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Three primaries made by `redis-cli --cluster create`; a learner and a replica for each of two models,
+    whose keys land on different slots. One learner is killed mid-stream and a new one resumes; every
+    example accepted for either model is applied exactly once."""
+    data_dir = tmp_path / "data"
+    with redis_cluster(tmp_path / "redis") as cluster:
+        env = service_env(data_dir, model=tiny_model_dir, redis_url=cluster.url, **FAST_LEARNER)
+        models = [ModelProcesses(name, data_dir, {**env, "RETENTIVE_MODEL_NAME": name}) for name in MODELS]
+        client = connect(cluster.url, data_dir)
+        slots = {client.keyslot(StreamKeys("rt", name).feedback) for name in MODELS}
+        assert len(slots) == len(MODELS), "each model on a slot of its own"
+        try:
+            for team in models:
+                team.start_learner()
+                team.start_replica()
+            traffic = [Traffic(team.base) for team in models]
+            threads = run_in_threads(*(t.post_feedback for t in traffic))
+            for team in models:
+                eventually(lambda team=team: model(team.base)["model_version"] is not None, 120, "a model")
+            threads += run_in_threads(*(t.predict for t in traffic))
+            alpha, alpha_traffic = models[0], traffic[0]
+            eventually(lambda: len(alpha_traffic.accepted) >= 60, 60, "alpha's feedback flowing")
+            alpha.processes[0].kill()
+            eventually(lambda: model(alpha.base)["learner"] == "absent", 30, "the learner seen gone")
+            alpha.start_learner()
+            eventually(lambda: model(alpha.base)["learner"] == "running", 120, "a new learner for alpha")
+            resumed = len(alpha_traffic.accepted)
+            eventually(lambda: len(alpha_traffic.accepted) >= resumed + 60, 60, "feedback after the kill")
+            for t in traffic:
+                t.stop.set()
+            for thread in threads:
+                thread.join(timeout=90)
+            for team in models:
+                eventually(lambda team=team: applied_everything(team.base), 180, f"{team.name} applied")
+        finally:
+            for team in models:
+                team.stop()
+    for team, t in zip(models, traffic, strict=True):
+        applied = team.ledger()
+        assert not t.unexplained and {status for _, status in t.predictions} == {200}
+        assert max(applied.values()) == 1 and t.accepted == set(applied), team.name
+    accepted = [len(t.accepted) for t in traffic]
+    print(f"Redis Cluster: {accepted} examples accepted for {MODELS}, each applied exactly once")
+
+
+MODELS = ["alpha", "beta"]

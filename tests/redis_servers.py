@@ -1,19 +1,27 @@
-"""A Redis primary, its replica and three sentinels watching them: real `redis-server` processes on loopback,
-for tests that fail the primary over."""
+"""Redis as teams run it past one machine, from real `redis-server` processes on loopback: a primary with
+its replica and three sentinels watching them, or a cluster of three primaries."""
 
 from __future__ import annotations
 
 import contextlib
+import random
+import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import redis
 
 from bench.service import eventually, free_port
 
 SERVICE = "retentive-primary"
+needs_redis_binaries = pytest.mark.skipif(
+    not (shutil.which("redis-server") and shutil.which("redis-cli")),
+    reason="needs redis-server and redis-cli on the PATH to start real Sentinel and Cluster processes",
+)
 
 
 @dataclass
@@ -93,3 +101,67 @@ def sentinel_group(directory: Path) -> Iterator[SentinelGroup]:
         for process in processes:
             process.kill()
             process.wait(timeout=10)
+
+
+@dataclass
+class Cluster:
+    ports: list[int]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def ok(self) -> bool:
+        try:
+            return all(
+                redis.Redis(port=port, decode_responses=True).cluster("INFO")["cluster_state"] == "ok"
+                for port in self.ports
+            )
+        except redis.RedisError:
+            return False
+
+
+@contextlib.contextmanager
+def redis_cluster(directory: Path, primaries: int = 3) -> Iterator[Cluster]:
+    """A cluster of `primaries` nodes, no replicas, made by `redis-cli --cluster create`; stopped after."""
+    ports = [_cluster_port() for _ in range(primaries)]
+    processes = [
+        _server(
+            directory / str(port), port, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"
+        )
+        for port in ports
+    ]
+    cluster = Cluster(ports)
+    try:
+        eventually(lambda: all(_answers(port) for port in ports), 30, "the cluster's nodes up")
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{port}" for port in ports), "--cluster-yes"],
+            check=True,
+            capture_output=True,
+        )
+        eventually(cluster.ok, 60, "every node to see the cluster whole")
+        yield cluster
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (10,000 above it) is free too: ephemeral ports are too high."""
+    while True:
+        port = random.randrange(20_000, 30_000)
+        with contextlib.ExitStack() as bound:
+            try:
+                for candidate in (port, port + 10_000):
+                    sock = bound.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return port
+
+
+def _answers(port: int) -> bool:
+    with contextlib.suppress(redis.RedisError):
+        return bool(redis.Redis(port=port, socket_timeout=1).ping())
+    return False
