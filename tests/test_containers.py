@@ -173,7 +173,9 @@ def test_the_dockerfile_installs_only_as_the_readme_does() -> None:
     assert {words[0] for words in runs} <= allowed, runs
     pins = {word for words in runs for word in words if word.startswith("torch==")}
     assert pins == {word for command in readme for word in shlex.split(command) if word.startswith("torch")}
-    assert ["pip", "install", "."] in runs, "the project itself is installed with pip"
+    assert ["pip", "install", ".${EXTRAS}"] in runs, "the project itself is installed with pip"
+    extras = {command.value[0] for command in instructions("ARG")}
+    assert 'EXTRAS=""' in extras and "s3" in PYPROJECT["project"]["optional-dependencies"]
     assert any(words[:2] == ["useradd", "--create-home"] for words in runs)
 
 

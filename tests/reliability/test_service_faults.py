@@ -22,12 +22,15 @@ import pytest
 from app.serving import ModelHolder
 from bench.service import eventually, free_port, serve_log, service_env, serving, wait_ready
 from learner.encoder import load_encoder
+from learner.fsspec_snapshots import FsspecSnapshotStore
 from learner.online import Example, LearnerConfig, OnlineLearner
-from learner.snapshots import SnapshotStore
-from streams.connection import connect, embedded_dir
+from learner.snapshots import MANIFEST_FILE, SnapshotStore, version_of
+from learner.stores import open_snapshot_store
+from streams.connection import connect, embedded_dir, stop_embedded
 from streams.embedded import EmbeddedRedis
 from streams.keys import StreamKeys
 from streams.notify import publish_version
+from tests.object_store import BUCKET, s3_environment, s3_server
 from tests.redis_servers import needs_redis_binaries, redis_cluster, sentinel_group
 
 pytestmark = pytest.mark.reliability
@@ -474,3 +477,70 @@ def test_two_models_on_a_redis_cluster_learn_apart_and_a_killed_learner_loses_no
 
 
 MODELS = ["alpha", "beta"]
+
+
+def snapshot_in_progress(store: FsspecSnapshotStore) -> str | None:
+    """A snapshot directory with files but no manifest yet: a write under way (or abandoned)."""
+    store.fs.invalidate_cache()
+    files = store.fs.find(store.path)
+    directories = {path.rsplit("/", 2)[-2] for path in files}
+    complete = {path.rsplit("/", 2)[-2] for path in files if path.endswith(f"/{MANIFEST_FILE}")}
+    return next(iter(sorted(directories - complete)), None)
+
+
+def test_snapshots_in_s3_a_learner_killed_mid_write_leaves_nothing_partial_and_a_standby_resumes(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Snapshots and published weights in a real S3 API (moto's server, over HTTP, through s3fs): a learner
+    writes them, two replicas follow its versions, the learner is killed while a snapshot is being written,
+    and a standby resumes from the store; every accepted example is applied exactly once."""
+    data_dir = tmp_path / "data"
+    with s3_server(tmp_path / "s3.log") as endpoint:
+        for name, value in s3_environment(endpoint).items():
+            monkeypatch.setenv(name, value)
+        url = f"s3://{BUCKET}/team"
+        settings = {**FAST_LEARNER, "snapshot_every": 1}
+        env = service_env(data_dir, model=tiny_model_dir, snapshot_url=url, **settings)
+        team = ModelProcesses("default", data_dir, {**env, **s3_environment(endpoint)})
+        store = open_snapshot_store(f"{url}/snapshots/default")
+        try:
+            active = team.start_learner()
+            replicas = []
+            for _ in range(2):
+                team.start_replica()
+                replicas.append(team.base)
+            traffic = Traffic(replicas[0])
+            threads = run_in_threads(traffic.post_feedback)
+            eventually(lambda: model(replicas[0])["learner"] == "running", 120, "the learner running")
+            team.start_learner()  # the standby: it waits for the lease
+            newest = lambda: store.max_version()  # noqa: E731
+            eventually(lambda: newest() >= 3, 120, "snapshots in S3")
+            target = newest()
+            for base in replicas:
+                eventually(lambda base=base: model(base)["model_version"] >= target, 60, "replicas following")
+            threads += run_in_threads(traffic.predict)
+
+            eventually(lambda: snapshot_in_progress(store) is not None, 60, "a snapshot being written", 0.005)
+            active.kill()
+            partial = snapshot_in_progress(store)
+            killed_at = len(traffic.accepted)
+            eventually(lambda: len(traffic.accepted) >= killed_at + 60, 120, "feedback after the kill")
+            eventually(lambda: newest() > version_of(partial or "0-0"), 120, "the standby snapshotting")
+            traffic.stop.set()
+            for thread in threads:
+                thread.join(timeout=90)
+            eventually(lambda: applied_everything(replicas[0]), 180, "every accepted example applied")
+            listed = {manifest.id for manifest in store.list()}
+            served = {model(base)["snapshot_id"] for base in replicas}
+        finally:
+            team.stop()
+            stop_embedded(data_dir)
+        snapshot, problems = store.load_latest_valid(only=["state"])
+    assert partial is not None and partial not in listed and partial not in served, (partial, problems)
+    applied = Counter(stream_id for stream_id, _, _ in snapshot.state["extra"]["ledger"])
+    assert not traffic.unexplained and {status for _, status in traffic.predictions} == {200}
+    assert max(applied.values()) == 1 and traffic.accepted == set(applied)
+    print(
+        f"S3 snapshots: learner killed while {partial} was being written; never listed nor served; "
+        f"{len(traffic.accepted)} examples accepted, each applied exactly once"
+    )
