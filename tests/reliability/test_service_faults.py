@@ -334,6 +334,7 @@ def test_sigterm_stops_serve_and_its_learner_after_a_last_snapshot(
     assert {stream_id for stream_id, _, _ in final_ledger(data_dir)} == stream_ids
 
 
+@pytest.mark.engines
 @needs_redis_binaries
 def test_a_sentinel_fail_over_moves_the_service_to_the_promoted_primary(
     tmp_path: Path, tiny_model_dir: Path
@@ -428,6 +429,7 @@ def applied_everything(base: str) -> bool:
     return done == answer["counters"]["accepted"] and answer["stream_lag"] == 0
 
 
+@pytest.mark.engines
 @needs_redis_binaries
 def test_two_models_on_a_redis_cluster_learn_apart_and_a_killed_learner_loses_nothing(
     tmp_path: Path, tiny_model_dir: Path
@@ -488,6 +490,7 @@ def snapshot_in_progress(store: FsspecSnapshotStore) -> str | None:
     return next(iter(sorted(directories - complete)), None)
 
 
+@pytest.mark.engines
 def test_snapshots_in_s3_a_learner_killed_mid_write_leaves_nothing_partial_and_a_standby_resumes(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
