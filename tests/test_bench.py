@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from app.settings import Settings
-from bench import cl_stream, false_alarms, long_stream, speed, tables, tune
+from bench import backoff, cl_stream, false_alarms, long_stream, speed, tables, tune
 from bench.data import DEV_PER_TASK, read_scoring, read_train
 from learner.forgetting import task_metrics
 from learner.online import Example
@@ -112,6 +112,17 @@ def test_speed_quick_measures_every_figure_against_its_reference(tmp_path: Path,
     assert evaluation["sets_scored"] >= 1 and evaluation["eval_budget"] == Settings().eval_budget
     assert evaluation["promotion_budget"] == Settings().promotion_budget
     assert 0 <= result["promotion_share"] < 1 and evaluation["promotion_checks"] >= 0
+
+
+def test_backoff_quick_records_the_learners_back_offs_while_large_batches_are_predicted(
+    tmp_path: Path, cl_stream_dir: Path
+) -> None:
+    out = tmp_path / "backoff.json"
+    backoff.main(["--quick", "--requests", "4", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["commit"] and result["model"] == "tiny"
+    assert result["predict_requests"] == 4 and result["texts_per_request"] == 64
+    assert result["phase_s"] > 0 and result["backoffs"] >= 0 and result["updates_before"] >= 1
 
 
 def test_arrival_patterns_deliver_every_example_once_in_their_own_shape() -> None:
