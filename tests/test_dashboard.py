@@ -294,6 +294,7 @@ def test_with_a_key_every_chart_draws_the_service_data(
     forgetting = call(service, "GET", "/v1/forgetting").json()
     matrix = call(service, "GET", "/v1/evaluations").json()
     learner = call(service, "GET", "/v1/learner").json()
+    held_back = call(service, "GET", "/v1/model").json()["held_back"]
     with dashboard(browser, service, key=PREDICTOR) as tab:
         for chart in ("accuracy-chart", "matrix-chart", "timeline-chart", "gate-chart"):
             tab.wait_for_chart(chart)
@@ -322,6 +323,10 @@ def test_with_a_key_every_chart_draws_the_service_data(
         assert tab.page.inner_text("#t-served") == f"{served['last_1000']['accuracy']:.3f}"
         assert tab.page.inner_text("#t-coverage") == f"{served['coverage']:.3f}"
         assert tab.page.inner_text("#t-learner") == "running"
+        # The drifted feedback left weights that fail the promotion check: the page says so, and why.
+        assert held_back is not None
+        assert tab.page.inner_text("#t-promotion") == "held back"
+        assert tab.page.get_attribute("#t-promotion", "title").startswith(held_back["reason"])
         assert tab.errors == []
 
 

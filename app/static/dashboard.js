@@ -115,6 +115,10 @@ function drawTiles(model, forgetting, learner) {
   const summary = forgetting.summary;
   $("model-line").textContent = `${model.base_model} · ${model.strategy} · ${model.labels.length} labels`;
   $("t-version").textContent = model.model_version ?? "none";
+  const held = model.held_back;
+  $("t-promotion").textContent = held ? "held back" : "served";
+  $("t-promotion").className = held ? "alarm" : "ok";
+  $("t-promotion").title = held ? `${held.reason} (after ${held.updates} updates)` : "";
   $("t-learner").textContent = learner.learner;
   $("t-learner").title = learner.paused_reason ?? "";
   $("t-updates").textContent = learner.updates ?? 0;
