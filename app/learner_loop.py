@@ -67,6 +67,12 @@ log = logging.getLogger("retentive.learner")
 PROMOTION_SHARE = 0.1
 
 
+def publication_spacing(publish_every_s: float, check_s: float) -> float:
+    """Seconds between publications: `publish_every_s`, or longer when a promotion check of `check_s`
+    would otherwise take more than `PROMOTION_SHARE` of the learner's time."""
+    return max(publish_every_s, check_s * (1 / PROMOTION_SHARE - 1))
+
+
 @dataclass(frozen=True)
 class LoopConfig:
     batch_size: int = 16
@@ -485,10 +491,8 @@ class LearnerLoop:
         if self.published is None or self.config.publish_every_s <= 0:
             return False
         changed = self.learner.counters.updates != self._published_updates
-        # A slow promotion check spaces publications out, so checking stays a small share of the time.
-        spacing = self._promotion_check_s * (1 / PROMOTION_SHARE - 1)
         waited = time.monotonic() - self._last_published_at
-        return changed and waited >= max(self.config.publish_every_s, spacing)
+        return changed and waited >= publication_spacing(self.config.publish_every_s, self._promotion_check_s)
 
     def _next_version(self) -> int:
         """One sequence of versions over snapshots and weight publications, so replicas always move on."""

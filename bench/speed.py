@@ -47,7 +47,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from app.learner_loop import PROMOTION_SHARE, LearnerLoop
+from app.learner_loop import LearnerLoop, publication_spacing
 from app.settings import Settings
 from bench.data import read_split
 from bench.meta import run_metadata
@@ -307,7 +307,7 @@ def evaluation_share(model: str, defaults: Settings, rounds: int) -> dict[str, A
 
 class PromotionChecks:
     """The learner loop's promotion checks, on its clock: one when a publication is due, every
-    `publish_every_s` of the learner's time or further apart when a check is slow (`PROMOTION_SHARE`)."""
+    `publish_every_s` of the learner's time or further apart when a check is slow (`publication_spacing`)."""
 
     def __init__(self, budget: int, publish_every_s: float) -> None:
         self.budget, self.publish_every_s = budget, publish_every_s
@@ -322,7 +322,7 @@ class PromotionChecks:
         verdict = learner.check_promotion(self.budget)
         took = time.perf_counter() - began
         self.seconds, self.count, self.texts = self.seconds + took, self.count + 1, self.texts + verdict.texts
-        self.spacing = max(self.publish_every_s, took * (1 / PROMOTION_SHARE - 1))
+        self.spacing = publication_spacing(self.publish_every_s, took)
         self.last = time.perf_counter()
 
 

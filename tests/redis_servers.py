@@ -98,9 +98,7 @@ def sentinel_group(directory: Path) -> Iterator[SentinelGroup]:
         eventually(group.ready, 60, "the replica in sync and the sentinels aware of each other")
         yield group
     finally:
-        for process in processes:
-            process.kill()
-            process.wait(timeout=10)
+        _stop(processes)
 
 
 @dataclass
@@ -142,9 +140,13 @@ def redis_cluster(directory: Path, primaries: int = 3) -> Iterator[Cluster]:
         eventually(cluster.ok, 60, "every node to see the cluster whole")
         yield cluster
     finally:
-        for process in processes:
-            process.kill()
-            process.wait(timeout=10)
+        _stop(processes)
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.kill()
+        process.wait(timeout=10)
 
 
 def _cluster_port() -> int:

@@ -76,6 +76,12 @@ def model(base: str) -> dict:
     return httpx.get(f"{base}/v1/model", timeout=30).json()
 
 
+def applied_everything(base: str) -> bool:
+    answer = model(base)
+    done = sum(answer["counters"].get(name, 0) for name in ("applied", "held_out", "dead_lettered"))
+    return done == answer["counters"]["accepted"] and answer["stream_lag"] == 0
+
+
 def final_ledger(data_dir: Path) -> list[list[str]]:
     snapshot, problems = SnapshotStore(data_dir / "snapshots" / "default").load_latest_valid(only=["state"])
     assert snapshot is not None, problems
@@ -162,13 +168,7 @@ def test_learner_killed_and_redis_crashed_mid_stream(
         traffic.stop.set()
         for thread in feeder + predictor:
             thread.join(timeout=90)
-
-        def applied_all() -> bool:
-            counters = model(base)["counters"]
-            done = sum(counters.get(name, 0) for name in ("applied", "held_out", "dead_lettered"))
-            return done == counters["accepted"] and model(base)["stream_lag"] == 0
-
-        eventually(applied_all, 180, "every accepted example applied")
+        eventually(lambda: applied_everything(base), 180, "every accepted example applied")
         counters = model(base)["counters"]
     assert not traffic.unexplained
     assert {status for _, status in traffic.predictions} == {200}
@@ -361,13 +361,7 @@ def test_a_sentinel_fail_over_moves_the_service_to_the_promoted_primary(
         traffic.stop.set()
         for thread in feeder + predictor:
             thread.join(timeout=90)
-
-        def applied_all() -> bool:
-            counters = model(base)["counters"]
-            done = sum(counters.get(name, 0) for name in ("applied", "held_out", "dead_lettered"))
-            return done == counters["accepted"] and model(base)["stream_lag"] == 0
-
-        eventually(applied_all, 180, "every example the new primary holds applied")
+        eventually(lambda: applied_everything(base), 180, "every example the new primary holds applied")
     assert not traffic.unexplained
     assert {status for _, status in traffic.predictions} == {200}
     applied = Counter(stream_id for stream_id, _, _ in final_ledger(data_dir))
@@ -421,12 +415,6 @@ class ModelProcesses:
         snapshot, problems = store.load_latest_valid(only=["state"])
         assert snapshot is not None, problems
         return Counter(stream_id for stream_id, _, _ in snapshot.state["extra"]["ledger"])
-
-
-def applied_everything(base: str) -> bool:
-    answer = model(base)
-    done = sum(answer["counters"].get(name, 0) for name in ("applied", "held_out", "dead_lettered"))
-    return done == answer["counters"]["accepted"] and answer["stream_lag"] == 0
 
 
 @pytest.mark.engines
