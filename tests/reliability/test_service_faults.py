@@ -503,7 +503,7 @@ def test_snapshots_in_s3_a_learner_killed_mid_write_leaves_nothing_partial_and_a
             traffic = Traffic(replicas[0])
             threads = run_in_threads(traffic.post_feedback)
             eventually(lambda: model(replicas[0])["learner"] == "running", 120, "the learner running")
-            team.start_learner()  # the standby: it waits for the lease
+            standby = team.start_learner()  # it waits for the lease
             newest = lambda: store.max_version()  # noqa: E731
             eventually(lambda: newest() >= 3, 120, "snapshots in S3")
             target = newest()
@@ -511,9 +511,16 @@ def test_snapshots_in_s3_a_learner_killed_mid_write_leaves_nothing_partial_and_a
                 eventually(lambda base=base: model(base)["model_version"] >= target, 60, "replicas following")
             threads += run_in_threads(traffic.predict)
 
-            eventually(lambda: snapshot_in_progress(store) is not None, 60, "a snapshot being written", 0.005)
-            active.kill()
-            partial = snapshot_in_progress(store)
+            partial = None
+            writing = lambda: snapshot_in_progress(store) is not None  # noqa: E731
+            for _ in range(5):
+                eventually(writing, 60, "a snapshot being written", 0.005)
+                active.kill()
+                partial = snapshot_in_progress(store)
+                if partial is not None:
+                    break
+                # The write finished before the kill landed: the standby takes over and is killed next.
+                active, standby = standby, team.start_learner()
             killed_at = len(traffic.accepted)
             eventually(lambda: len(traffic.accepted) >= killed_at + 60, 120, "feedback after the kill")
             eventually(lambda: newest() > version_of(partial or "0-0"), 120, "the standby snapshotting")
