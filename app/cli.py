@@ -81,7 +81,7 @@ def doctor(model: ModelOpt = None, data_dir: DataDirOpt = None, redis_url: Redis
 
     settings = _settings(model=model, data_dir=data_dir, redis_url=redis_url)
     _check_device("DEVICE", settings.device)
-    _check_device("API_DEVICE", settings.api_device)
+    _check_device("API_DEVICE", settings.serving_device())
     try:
         with embedded_server(settings.redis_url, settings.data_dir):
             rows = doctor_report(settings)
@@ -119,7 +119,7 @@ def serve(
             f"RETENTIVE_HOST: {settings.host} is reachable from other machines and no API key is set; "
             "set RETENTIVE_API_KEYS or pass --insecure"
         )
-    _check_device("API_DEVICE", settings.api_device)
+    _check_device("API_DEVICE", settings.serving_device())
     if learner:
         _check_device("DEVICE", settings.device)
     with ExitStack() as stack:

@@ -43,7 +43,8 @@ def create_app(settings: Settings) -> FastAPI:
         settings.model,
         open_snapshot_store(settings.snapshot_dir),
         open_snapshot_store(settings.published_dir, keep=2),
-        resolve_device(settings.api_device),
+        resolve_device(settings.serving_device()),
+        quantize=settings.serve_quantize,
     )
     metrics = ApiMetrics()
     batcher = _batcher(holder, settings, metrics)

@@ -11,6 +11,9 @@ never served: the holder keeps the last version that passed.
 A version that fails to load (a broken state file, weights of another shape, a store that errors) is logged
 and counted, the last good version stays in service, and loading is tried again at the next check. The
 holder also notes how far it is behind the newest published version, which `/readyz` reports.
+
+With `quantize` (RETENTIVE_SERVE_QUANTIZE) each version is served as an int8 copy (`learner.quantization`),
+rebuilt from the float snapshot at every swap.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 
 from learner.classifier import Prediction, TextClassifier
 from learner.encoder import Encoder, load_encoder
+from learner.quantization import quantized
 from learner.snapshots import MODEL, Manifest, Snapshot, SnapshotStore
 from streams.keys import StreamKeys
 from streams.notify import latest_version, subscribe_versions
@@ -52,9 +56,11 @@ class ModelHolder:
         store: SnapshotStore,
         published: SnapshotStore | None = None,
         device: torch.device | None = None,
+        quantize: bool = False,
     ) -> None:
         self.model = model
         self.device = device or torch.device("cpu")
+        self.quantize = quantize
         self.store = store
         self.published = published
         self.current: ServedModel | None = None
@@ -79,6 +85,8 @@ class ModelHolder:
             if snapshot is None:
                 return False
             classifier = TextClassifier.from_snapshot(*self._fresh_encoder(), snapshot).to(self.device)
+            if self.quantize:
+                classifier = quantized(classifier)
             self.current = ServedModel(snapshot.manifest.version, snapshot.id, classifier)
             log.info("serving model version %d (%s)", self.current.version, self.current.snapshot_id)
             return True

@@ -9,7 +9,7 @@ from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 import redis
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.auth import parse_api_keys, read_key_file
@@ -242,6 +242,11 @@ class Settings(BaseSettings):
     api_device: str = Field(
         "auto", description=f"Where an API replica predicts: {DEVICE_CHOICES}, as RETENTIVE_DEVICE."
     )
+    serve_quantize: bool = Field(
+        False,
+        description="Serve an int8 dynamic-quantized copy of the encoder (CPU replicas only; with "
+        "RETENTIVE_API_DEVICE auto the replica then predicts on the CPU). The learner stays float32.",
+    )
     api_threads: int = Field(1, gt=0, description="Torch threads of the API process (inference).")
     learner_threads: int = Field(1, gt=0, description="Torch threads of the learner process (training).")
     publish_every_s: float = Field(
@@ -385,6 +390,19 @@ class Settings(BaseSettings):
             raise ValueError(f"no model directory at {value} (expected a config.json there)")
         return value
 
+    @model_validator(mode="after")
+    def _quantize_on_cpu(self) -> Settings:
+        if self.serve_quantize and self.api_device not in ("auto", "cpu"):
+            raise ValueError(
+                f"RETENTIVE_SERVE_QUANTIZE: the int8 copy runs on CPUs only, and RETENTIVE_API_DEVICE is "
+                f"{self.api_device}; set RETENTIVE_API_DEVICE=cpu or RETENTIVE_SERVE_QUANTIZE=false"
+            )
+        return self
+
+    def serving_device(self) -> str:
+        """The device an API replica predicts on: the CPU whenever it serves the int8 copy."""
+        return "cpu" if self.serve_quantize else self.api_device
+
     def loop_config(self) -> LoopConfig:
         return _config_from(LoopConfig, self)
 
@@ -462,8 +480,10 @@ _SECRET_FIELDS = {"api_keys"}
 
 
 def _describe(error: dict) -> str:
-    field = str(error["loc"][0]) if error["loc"] else "settings"
     message = str(error["msg"]).removeprefix("Value error, ")
+    if not error["loc"]:
+        return message  # a rule across settings names them itself
+    field = str(error["loc"][0])
     if field in _SECRET_FIELDS:
         return f"{env_name(field)}: {message}"
     return f"{env_name(field)}: {message} (got {error.get('input')!r})"

@@ -22,7 +22,12 @@ machine.
 - promotion_share: the share the promotion checks take in the same run, one due after every
   `RETENTIVE_PUBLISH_EVERY_S` of the learner's time (or later, when a check is slow), as the loop does.
 
-`--only eval_share` measures those last two figures alone (a few minutes on the default model).
+- quantized_vs_bare: the int8 copy a replica serves with RETENTIVE_SERVE_QUANTIZE, one text per forward
+  pass against the float forward pass, and both models' accuracy on the cl_stream test sets after learning
+  a stream with the defaults (`bench.quantized`).
+
+`--only eval_share` measures the evaluation and promotion shares alone (a few minutes on the default model),
+`--only quantized` the int8 figures alone (`bench/results/quantized.json`).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from app.learner_loop import LearnerLoop, publication_spacing
 from app.settings import Settings
 from bench.data import read_split
 from bench.meta import run_metadata
+from bench.quantized import quantized_figures
 from bench.service import eventually, save_tiny_model, serving
 from bench.step_speed import step_times
 from learner.classifier import TextClassifier
@@ -72,7 +78,16 @@ AIMS = {
     "ingest_vs_xadd": (">=", 0.5),
     "eval_share": ("<=", 0.10),
     "promotion_share": ("<=", 0.10),
+    "quantized_vs_bare": ("<=", 1.0),
 }
+
+QUANTIZED_FIGURES = [
+    "quantized_vs_bare",
+    "float_accuracy",
+    "quantized_accuracy",
+    "quantized_accuracy_difference",
+    "quantized_accuracy_difference_95",
+]
 
 
 SERVICE_FIGURES = [
@@ -127,12 +142,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--quick", action="store_true", help="tiny model, a few of everything: a smoke run")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/speed.json")
-    parser.add_argument("--only", choices=["eval_share"], help="measure this figure alone")
+    parser.add_argument("--only", choices=["eval_share", "quantized"], help="measure these figures alone")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else Sizes()
     with tempfile.TemporaryDirectory(prefix="retentive-speed-") as scratch:
         model = _model_dir(Path(scratch), args.quick)
         defaults = Settings(model=model, data_dir=Path(scratch) / "unused")
+        if args.only == "quantized":
+            print("the int8 served copy against the float model ...", flush=True)
+            figures = quantized_figures(model, defaults.batch_size)
+            return _write(args.out or Path("bench/results/quantized.json"), _quantized_result(figures, args))
         if args.only:
             print("probe evaluation against training ...", flush=True)
             evaluation = evaluation_share(model, defaults, sizes.eval_rounds)
@@ -150,6 +169,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         service = service_figures(model, records, sizes, defaults, Path(scratch) / "service")
         print("probe evaluation against training ...", flush=True)
         evaluation = evaluation_share(model, defaults, sizes.eval_rounds)
+        print("the int8 served copy against the float model ...", flush=True)
+        int8 = quantized_figures(model, defaults.batch_size)
 
     result = {
         **run_metadata("bench.speed"),
@@ -159,11 +180,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **{key: service[key] for key in SERVICE_FIGURES},
         "eval_share": evaluation["eval_share"],
         "promotion_share": evaluation["promotion_share"],
+        **{key: int8[key] for key in QUANTIZED_FIGURES},
         "details": {
             "learner": learner,
             "step_s": {name: statistics.median(times) for name, times in steps.items()},
             "service": service,
             "evaluation": evaluation,
+            "quantized": int8,
         },
     }
     result["aims"] = aims(result)
@@ -179,6 +202,18 @@ def _eval_result(evaluation: dict[str, Any], args: argparse.Namespace) -> dict[s
         "eval_share": evaluation["eval_share"],
         "promotion_share": evaluation["promotion_share"],
         "details": {"evaluation": evaluation},
+    }
+    result["aims"] = aims(result)
+    print_summary(result)
+    return result
+
+
+def _quantized_result(figures: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    result = {
+        **run_metadata("bench.speed"),
+        "model": "tiny" if args.quick else "all-MiniLM-L6-v2",
+        **{key: figures[key] for key in QUANTIZED_FIGURES},
+        "details": {"quantized": figures},
     }
     result["aims"] = aims(result)
     print_summary(result)
@@ -644,7 +679,7 @@ def print_summary(result: dict[str, Any]) -> None:
     for key, checked in result["aims"].items():
         mark = "met" if checked["met"] else "MISSED"
         print(f"  {key:<26}{checked['value']:>10.3f}   aim {checked['aim']:<28}{mark}")
-    for key in ("predict_p99_ms", "freshness_s", "learner_rss_mb", "api_rss_mb"):
+    for key in ("predict_p99_ms", "freshness_s", "learner_rss_mb", "api_rss_mb", *QUANTIZED_FIGURES[1:]):
         if key in result:
             print(f"  {key:<26}{result[key]:>10.3f}")
     learner = result["details"].get("learner")

@@ -86,6 +86,11 @@ def test_doctor_with_redis_url_reports_that_server(tmp_path: Path) -> None:
             {"RETENTIVE_DEVICE": "gpu"},
             "RETENTIVE_DEVICE: 'gpu' is not a device: use auto, cpu",
         ),
+        (
+            [],
+            {"RETENTIVE_SERVE_QUANTIZE": "true", "RETENTIVE_API_DEVICE": "cuda"},
+            "RETENTIVE_SERVE_QUANTIZE: the int8 copy runs on CPUs only",
+        ),
     ],
 )
 def test_bad_configuration_is_one_clear_line(args: list[str], env: dict[str, str], named: str) -> None:

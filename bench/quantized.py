@@ -1,0 +1,103 @@
+"""The int8 served copy (RETENTIVE_SERVE_QUANTIZE) against the float model it is made from.
+
+A learner with the defaults learns a cl_stream order (`TRAIN_PER_TASK` shuffled examples of each task, in
+micro-batches); its float weights and their int8 copy then answer each task's test texts, one text per
+forward pass for the timing (interleaved rounds, so both see the same machine) and in batches for the
+accuracy. The accuracy difference is paired (same texts), with a 95% interval from the discordant texts.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from bench.data import read_scoring, read_train, task_orders
+from learner.classifier import TextClassifier
+from learner.encoder import load_encoder
+from learner.online import Example, LearnerConfig, OnlineLearner
+from learner.quantization import quantized
+
+ORDER = "order1"
+TRAIN_PER_TASK = 200
+TEST_PER_TASK = 300
+TIMED_TEXTS = 200
+ROUNDS = 3
+
+
+def quantized_figures(model: str, batch: int, seed: int = 0) -> dict[str, Any]:
+    """`quantized_vs_bare` (int8 forward time over float, per text), both accuracies and their difference."""
+    float_model = _trained_classifier(model, batch, seed)
+    int8_model = quantized(copy.deepcopy(float_model))
+    tasks = task_orders()[ORDER]
+    records = [record for task in tasks for record in read_scoring(task, TEST_PER_TASK, "test")]
+    texts = [record["text"] for record in records]
+    timed = texts[:: max(1, len(texts) // TIMED_TEXTS)][:TIMED_TEXTS]
+    float_ms, int8_ms = [], []
+    for _ in range(ROUNDS):
+        float_ms.append(_forward_ms(float_model, timed))
+        int8_ms.append(_forward_ms(int8_model, timed))
+    truth = [record["label"] for record in records]
+    right_float = [p.label == label for p, label in zip(float_model.predict(texts), truth, strict=True)]
+    right_int8 = [p.label == label for p, label in zip(int8_model.predict(texts), truth, strict=True)]
+    difference, half_width = _paired_difference(right_int8, right_float)
+    return {
+        "quantized_vs_bare": statistics.median(int8_ms) / statistics.median(float_ms),
+        "quantized_forward_ms": statistics.median(int8_ms),
+        "float_forward_ms": statistics.median(float_ms),
+        "float_accuracy": sum(right_float) / len(truth),
+        "quantized_accuracy": sum(right_int8) / len(truth),
+        "quantized_accuracy_difference": difference,
+        "quantized_accuracy_difference_95": half_width,
+        "answers_agree": sum(a == b for a, b in zip(right_float, right_int8, strict=True)) / len(truth),
+        "setup": {
+            "order": ORDER,
+            "train_per_task": TRAIN_PER_TASK,
+            "test_per_task": TEST_PER_TASK,
+            "timed_texts": len(timed),
+            "rounds": ROUNDS,
+            "seed": seed,
+            "threads": torch.get_num_threads(),
+        },
+    }
+
+
+def _trained_classifier(model: str, batch: int, seed: int) -> TextClassifier:
+    rng = random.Random(seed)
+    examples = []
+    for task in task_orders()[ORDER]:
+        portion = [Example(r["text"], r["label"]) for r in read_train(task, TRAIN_PER_TASK)]
+        rng.shuffle(portion)
+        examples += portion
+    torch.manual_seed(seed)
+    tokenizer, encoder = load_encoder(model)
+    learner = OnlineLearner(tokenizer, encoder, LearnerConfig(seed=seed, probe_fraction=0.0))
+    for start in range(0, len(examples), batch):
+        learner.learn(examples[start : start + batch])
+    return learner.model.eval()
+
+
+def _forward_ms(classifier: TextClassifier, texts: list[str]) -> float:
+    """Median milliseconds of one text's forward pass, tokenized beforehand."""
+    batches = [classifier.tokenize([text]) for text in texts]
+    timings = []
+    with torch.inference_mode():
+        for tokens in batches:
+            began = time.perf_counter()
+            classifier.head(classifier.embed(tokens))
+            timings.append((time.perf_counter() - began) * 1000)
+    return statistics.median(timings)
+
+
+def _paired_difference(first: list[bool], second: list[bool]) -> tuple[float, float]:
+    """Accuracy of `first` minus `second` on the same texts, and the half width of its 95% interval."""
+    n = len(first)
+    gains = [int(a) - int(b) for a, b in zip(first, second, strict=True)]
+    mean = sum(gains) / n
+    variance = sum((g - mean) ** 2 for g in gains) / max(1, n - 1)
+    return mean, 1.96 * math.sqrt(variance / n)
