@@ -24,18 +24,18 @@ from learner.online import Example, LearnerConfig, OnlineLearner
 from learner.quantization import quantized
 
 ORDER = "order1"
-TRAIN_PER_TASK = 200
-TEST_PER_TASK = 300
 TIMED_TEXTS = 200
 ROUNDS = 3
 
 
-def quantized_figures(model: str, batch: int, seed: int = 0) -> dict[str, Any]:
+def quantized_figures(
+    model: str, batch: int, train_per_task: int = 200, test_per_task: int = 300, seed: int = 0
+) -> dict[str, Any]:
     """`quantized_vs_bare` (int8 forward time over float, per text), both accuracies and their difference."""
-    float_model = _trained_classifier(model, batch, seed)
+    float_model = _trained_classifier(model, batch, train_per_task, seed)
     int8_model = quantized(copy.deepcopy(float_model))
     tasks = task_orders()[ORDER]
-    records = [record for task in tasks for record in read_scoring(task, TEST_PER_TASK, "test")]
+    records = [record for task in tasks for record in read_scoring(task, "test", test_per_task)]
     texts = [record["text"] for record in records]
     timed = texts[:: max(1, len(texts) // TIMED_TEXTS)][:TIMED_TEXTS]
     float_ms, int8_ms = [], []
@@ -57,8 +57,8 @@ def quantized_figures(model: str, batch: int, seed: int = 0) -> dict[str, Any]:
         "answers_agree": sum(a == b for a, b in zip(right_float, right_int8, strict=True)) / len(truth),
         "setup": {
             "order": ORDER,
-            "train_per_task": TRAIN_PER_TASK,
-            "test_per_task": TEST_PER_TASK,
+            "train_per_task": train_per_task,
+            "test_per_task": test_per_task,
             "timed_texts": len(timed),
             "rounds": ROUNDS,
             "seed": seed,
@@ -67,11 +67,11 @@ def quantized_figures(model: str, batch: int, seed: int = 0) -> dict[str, Any]:
     }
 
 
-def _trained_classifier(model: str, batch: int, seed: int) -> TextClassifier:
+def _trained_classifier(model: str, batch: int, per_task: int, seed: int) -> TextClassifier:
     rng = random.Random(seed)
     examples = []
     for task in task_orders()[ORDER]:
-        portion = [Example(r["text"], r["label"]) for r in read_train(task, TRAIN_PER_TASK)]
+        portion = [Example(r["text"], r["label"]) for r in read_train(task, per_task)]
         rng.shuffle(portion)
         examples += portion
     torch.manual_seed(seed)

@@ -119,6 +119,8 @@ class Sizes:
     backlog: int = 1500
     phase_s: float = 20.0
     phases: int = 2
+    quantized_train: int = 200
+    quantized_test: int = 300
 
 
 QUICK = Sizes(
@@ -133,6 +135,8 @@ QUICK = Sizes(
     backlog=400,
     phase_s=2.0,
     phases=1,
+    quantized_train=8,
+    quantized_test=8,
 )
 
 
@@ -150,7 +154,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         defaults = Settings(model=model, data_dir=Path(scratch) / "unused")
         if args.only == "quantized":
             print("the int8 served copy against the float model ...", flush=True)
-            figures = quantized_figures(model, defaults.batch_size)
+            figures = quantized_figures(
+                model, defaults.batch_size, sizes.quantized_train, sizes.quantized_test
+            )
             return _write(args.out or Path("bench/results/quantized.json"), _quantized_result(figures, args))
         if args.only:
             print("probe evaluation against training ...", flush=True)
@@ -170,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("probe evaluation against training ...", flush=True)
         evaluation = evaluation_share(model, defaults, sizes.eval_rounds)
         print("the int8 served copy against the float model ...", flush=True)
-        int8 = quantized_figures(model, defaults.batch_size)
+        int8 = quantized_figures(model, defaults.batch_size, sizes.quantized_train, sizes.quantized_test)
 
     result = {
         **run_metadata("bench.speed"),
