@@ -15,10 +15,16 @@ cursor of the snapshot before the newest. A snapshot that cannot be written (dis
 reported and retried every `snapshot_retry_s`; nothing it would hold is acknowledged until one succeeds.
 
 Between snapshots the weights alone are published for serving every `publish_every_s`, so feedback
-reaches predictions within seconds. Before each micro-batch the learner follows what operators asked
-(pause, rollback, registered probes; see `streams.control`) and backs off while an API replica reports
-prediction pressure above the bounds (`app.pressure`: texts queued, or answers slower than the replica's
-own fastest at the same size), since both share the CPU, for at most `backoff_max_s` in a row.
+reaches predictions within seconds. Before each micro-batch the learner backs off while an API replica
+reports prediction pressure above the bounds (`app.pressure`: texts queued, or answers slower than the
+replica's own fastest at the same size), since both share the CPU, for at most `backoff_max_s` in a row.
+
+With `mix_window` above the batch size, what is waiting is read as one window of up to `mix_window`
+entries and learned in shuffled micro-batches (`OnlineLearner.learn_window`), so a file sorted by label
+is not learned one label at a time. A window is applied whole: the cursor, the ledger, snapshots,
+publications, alarm policies and what operators asked (pause, rollback, registered probes; see
+`streams.control`) act between windows. Off by default (0: windows of one micro-batch), since a long
+window delays all of those while a backlog lasts.
 
 No weights are served before they pass the promotion check (`learner.promotion`, within
 `promotion_budget` probe texts): weights that fail are neither published nor announced, a snapshot of them
@@ -76,6 +82,7 @@ def publication_spacing(publish_every_s: float, check_s: float) -> float:
 @dataclass(frozen=True)
 class LoopConfig:
     batch_size: int = 16
+    mix_window: int = 0
     batch_wait_s: float = 1.0
     snapshot_every: int = 200
     snapshot_every_s: float = 30.0
@@ -91,6 +98,11 @@ class LoopConfig:
     alarm_policy: AlarmPolicy = AlarmPolicy.ALERT
     lease_ttl_ms: int = 10_000
     max_deliveries: int = 10
+
+    @property
+    def window(self) -> int:
+        """Entries read and applied as one window: `mix_window`, and never fewer than a micro-batch."""
+        return max(self.mix_window, self.batch_size)
 
 
 @dataclass
@@ -199,7 +211,7 @@ class LearnerLoop:
                     self.state.counters.backoffs += 1
                     stop.wait(self.config.backoff_s)
                     continue
-                self._apply(self.consumer.read(self.config.batch_size, self.config.batch_wait_s))
+                self._apply(self._read_window())
                 if self._snapshot_due():
                     self.snapshot()
                 elif self._publish_due():
@@ -225,6 +237,21 @@ class LearnerLoop:
         self.lease.release()
         return False
 
+    def _read_window(self) -> list[Entry]:
+        """A micro-batch, waiting up to `batch_wait_s` for it to fill; once full, whatever else is waiting
+        joins it, up to the window, so that a backlog is learned shuffled (`OnlineLearner.learn_window`)."""
+        entries = self.consumer.read(self.config.batch_size, self.config.batch_wait_s)
+        if len(entries) == self.config.batch_size < self.config.window:
+            entries += self.consumer.read(self.config.window - len(entries), wait_s=0)
+        return entries
+
+    def _yield_to_serving(self) -> None:
+        """Between the micro-batches of a window: back off while serving is under pressure, as between
+        windows (`_should_back_off` bounds it)."""
+        while self._should_back_off():
+            self.state.counters.backoffs += 1
+            time.sleep(self.config.backoff_s)
+
     def _recover(self) -> None:
         snapshot, problems = self.store.load_latest_valid()
         for problem in problems:
@@ -237,8 +264,8 @@ class LearnerLoop:
         pending = self.consumer.recover(self.state.cursor)
         reread = self.consumer.acknowledged_after(self.state.cursor)
         entries = sorted(pending + reread, key=lambda e: stream_id_key(e.stream_id))
-        for batch in _recovery_batches(entries, self.config.batch_size):
-            self._apply(batch)
+        for window in _recovery_windows(entries, self.config.window):
+            self._apply(window)
         log.info(
             json.dumps(
                 {
@@ -269,7 +296,7 @@ class LearnerLoop:
         fresh = self._refuse_past_label_cap(fresh)
         examples = [Example(e.record.text, e.record.label, e.record.id) for e in fresh]
         self.consumer.applying([e.stream_id for e in fresh])
-        report = self.learner.learn(examples)
+        report = self.learner.learn_window(examples, self.config.batch_size, between=self._yield_to_serving)
         self.consumer.applied()
         self.state.counters.held_out += report.held_out
         self.state.counters.applied += report.trained
@@ -570,8 +597,8 @@ class LearnerLoop:
         replayed = 0
         if replay and current is not None:
             entries = self.consumer.history(self.state.cursor, current)
-            for start in range(0, len(entries), self.config.batch_size):
-                self._apply(entries[start : start + self.config.batch_size], replaying=True)
+            for start in range(0, len(entries), self.config.window):
+                self._apply(entries[start : start + self.config.window], replaying=True)
             replayed = len(entries)
         self.state.cursor = current
         self.state.counters.rollbacks += 1
@@ -659,8 +686,8 @@ class LearnerLoop:
         set_prequential(self.client, self.keys, self.learner.prequential.report())
 
 
-def _recovery_batches(entries: list[Entry], size: int) -> list[list[Entry]]:
-    """Micro-batches of `size` in ID order, except that an entry the learner died applying before is applied
+def _recovery_windows(entries: list[Entry], size: int) -> list[list[Entry]]:
+    """Windows of `size` in ID order, except that an entry the learner died applying before is applied
     on its own: if it kills the learner again, only it is counted, not its innocent neighbours."""
     batches: list[list[Entry]] = []
     for entry in entries:

@@ -83,6 +83,14 @@ class Settings(BaseSettings):
         _LEARNER.max_length, gt=0, le=8192, description="Tokens per text; longer texts are truncated."
     )
     batch_size: int = Field(_LOOP.batch_size, gt=0, le=4096, description="Examples per learner micro-batch.")
+    mix_window: int = Field(
+        _LOOP.mix_window,
+        ge=0,
+        le=65536,
+        description="Feedback already waiting is read together, up to this many examples, and learned in "
+        "shuffled micro-batches, so a file sorted by label is not learned one label at a time. 0 (or "
+        "RETENTIVE_BATCH_SIZE): no mixing. Snapshots, pause and rollback act between windows.",
+    )
     strategy: str = Field(
         _LEARNER.strategy,
         description=f"Update strategy. {describe_strategies()}.",
@@ -389,6 +397,15 @@ class Settings(BaseSettings):
         if looks_like_path(value) and not (Path(value).expanduser() / "config.json").is_file():
             raise ValueError(f"no model directory at {value} (expected a config.json there)")
         return value
+
+    @model_validator(mode="after")
+    def _window_holds_a_batch(self) -> Settings:
+        if 0 < self.mix_window < self.batch_size:
+            raise ValueError(
+                f"RETENTIVE_MIX_WINDOW: {self.mix_window} is smaller than RETENTIVE_BATCH_SIZE "
+                f"({self.batch_size}); set it to 0 (no mixing) or at least the batch size"
+            )
+        return self
 
     @model_validator(mode="after")
     def _quantize_on_cpu(self) -> Settings:

@@ -28,9 +28,12 @@ union of the whole stream, for as many epochs as its mean dev accuracy keeps ris
 and one matrix row: the scoring split after training.
 
 `--arrival` is how the feedback reaches the learner, as people send it: `batched` in shuffled micro-batches of
-`--batch`, `trickle` one example per call (one correction at a time), `sorted` in micro-batches of each task's
-examples sorted by label (a nightly file), `bursty` in bursts of four micro-batches between runs of single
-examples. Each row records its arrival and its prequential accuracy (each incoming example scored before it
+`--batch`, `trickle` one example per call (one correction at a time), `sorted` each task's examples sorted by
+label and posted at once (a nightly file), `bursty` in bursts of four micro-batches between runs of single
+examples. Each call hands the learner what the service's learner reads in one go, what arrived together up
+to `--window` examples (RETENTIVE_MIX_WINDOW), which it learns in shuffled micro-batches of `--batch`
+(`OnlineLearner.learn_window`); `--window 0`, the default as in the service, learns in the order given.
+Each row records its arrival and its prequential accuracy (each incoming example scored before it
 is learned from: `cumulative` and `last_1000`), the figure that shows how fast the learner adapts, beside
 the accuracy matrix that shows what it kept. Rows of another arrival than `batched` go to
 `cl_stream_{order}_{arrival}.json` unless `--out` says otherwise.
@@ -55,6 +58,7 @@ from typing import Any
 
 import torch
 
+from app.learner_loop import LoopConfig
 from bench import long_stream
 from bench.data import SPLITS, data_dir, read_scoring, read_train, task_orders
 from bench.meta import run_metadata
@@ -188,19 +192,23 @@ def accuracies(learner: OnlineLearner, task: Task, records: list[dict[str, str]]
     return hits / len(records), within / len(records)
 
 
-def arrivals(portion: list[Example], arrival: str, batch: int) -> list[list[Example]]:
-    """The calls to `learn` that deliver `portion` the way `arrival` says."""
+def arrivals(portion: list[Example], arrival: str, batch: int, window: int) -> list[list[Example]]:
+    """The calls to `learn_window` that deliver `portion` the way `arrival` says, as the service's learner
+    reads them: what arrived together, up to `window` examples (RETENTIVE_MIX_WINDOW), is one call."""
     if arrival == "trickle":
         return [[example] for example in portion]
     if arrival == "sorted":
         portion = sorted(portion, key=lambda example: example.label)
-    if arrival in ("batched", "sorted"):
+        window = max(window, batch)
+        return [portion[start : start + window] for start in range(0, len(portion), window)]
+    if arrival == "batched":
         return [portion[start : start + batch] for start in range(0, len(portion), batch)]
     calls, start, burst = [], 0, True
     while start < len(portion):
         if burst:
             end = start + BURST_BATCHES * batch
-            calls += [portion[i : min(i + batch, end)] for i in range(start, min(end, len(portion)), batch)]
+            size = max(window, batch)
+            calls += [portion[i : min(i + size, end)] for i in range(start, min(end, len(portion)), size)]
         else:
             end = start + batch
             calls += [[example] for example in portion[start:end]]
@@ -216,6 +224,7 @@ def run_stream(
     log: Any,
     arrival: str = "batched",
     joint_epochs: int = 5,
+    window: int = LoopConfig.mix_window,
 ) -> dict[str, Any]:
     tokenizer, encoder = encoder_factory()
     initial = {name: weight.detach().clone() for name, weight in encoder.named_parameters()}
@@ -232,8 +241,8 @@ def run_stream(
         matrix, within_task, trained = [], [], 0.0
         for name, portion in stream.segments:
             started = time.perf_counter()
-            for examples in arrivals(portion, arrival, batch):
-                learner.learn(examples)
+            for examples in arrivals(portion, arrival, batch, window):
+                learner.learn_window(examples, batch)
             trained += time.perf_counter() - started
             measured = [accuracies(learner, task, task.test) for task in stream.tasks]
             matrix.append([overall for overall, _ in measured])
@@ -329,6 +338,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         "--arrival", choices=ARRIVALS, default="batched", help="how feedback reaches the learner"
     )
     parser.add_argument(
+        "--window",
+        type=int,
+        default=LoopConfig.mix_window,
+        help="examples that arrive together are learned shuffled, up to this many (RETENTIVE_MIX_WINDOW; "
+        "0: in the order given)",
+    )
+    parser.add_argument(
         "--out", default=None, help="result file (default bench/results/cl_stream_{order}.json)"
     )
     parser.add_argument(
@@ -383,7 +399,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
             "split": args.split,
             "model": "tiny" if args.quick else "all-MiniLM-L6-v2",
             # Named only when not batched, so that rows measured before arrivals existed still resume.
-            **({} if args.arrival == "batched" else {"arrival": args.arrival}),
+            **({} if args.arrival == "batched" else {"arrival": args.arrival, "window": args.window}),
         }
         earlier = _rows_in(out, config) if args.resume else {}
         result = _result_file(order, orders[order], config, earlier, argv)
@@ -399,6 +415,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
                 lambda x: print(x, flush=True),
                 args.arrival,
                 args.joint_epochs,
+                args.window,
             )
             row["run"] = run_metadata("bench.cl_stream", argv)
             result = _add_row(out, result, run.spec, row, args.resume)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import secrets
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -169,6 +170,38 @@ class OnlineLearner:
             report.evaluated = True
             report.alarms = self.evaluate()
         return report
+
+    def learn_window(
+        self, examples: list[Example], batch_size: int, between: Callable[[], None] | None = None
+    ) -> LearnReport:
+        """Learn a window of examples that arrived together in micro-batches of `batch_size`, shuffled first.
+
+        Feedback often comes as a file sorted by label; learned in the order given, every micro-batch would
+        hold one label and each label would overwrite the one before. Shuffling whatever arrived together
+        restores the mix (README, "Feedback as people send it").
+        A window that fits one micro-batch is learned as it is. `between` runs before each micro-batch after
+        the first. The report sums the micro-batches'; its `held_out_mask` is in the order of `examples`,
+        and its alarms are those every evaluation in the window raised."""
+        if len(examples) <= batch_size:
+            return self.learn(examples)
+        order = list(range(len(examples)))
+        self.rng.shuffle(order)
+        window = LearnReport(held_out_mask=[False] * len(examples))
+        for start in range(0, len(order), batch_size):
+            if start and between is not None:
+                between()
+            chosen = order[start : start + batch_size]
+            report = self.learn([examples[i] for i in chosen])
+            window.trained += report.trained
+            window.held_out += report.held_out
+            window.skipped = window.skipped or report.skipped
+            window.loss = report.loss if report.loss is not None else window.loss
+            for i, held in zip(chosen, report.held_out_mask, strict=True):
+                window.held_out_mask[i] = held
+            if report.evaluated:
+                window.evaluated = True
+                window.alarms += report.alarms
+        return window
 
     def _registered_unevaluated(self) -> bool:
         """A registered set not yet evaluated while the model knows labels: it is evaluated at once."""

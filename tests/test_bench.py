@@ -99,9 +99,13 @@ def test_speed_quick_measures_every_figure_against_its_reference(tmp_path: Path,
         "learner_rss_mb",
         "api_rss_mb",
         "eval_share",
+        "quantized_vs_bare",
     ]
     for key in figures:
         assert math.isfinite(result[key]) and result[key] > 0, key
+    assert 0 <= result["quantized_accuracy"] <= 1 and 0 <= result["float_accuracy"] <= 1
+    difference = result["quantized_accuracy"] - result["float_accuracy"]
+    assert result["quantized_accuracy_difference"] == pytest.approx(difference)
     assert result["commit"] and result["predict_p99_ms"] >= result["predict_p50_ms"]
     assert set(result["aims"]) == {*speed.AIMS, "predict_p50_ms"}
     service = result["details"]["service"]
@@ -128,13 +132,18 @@ def test_backoff_quick_records_the_learners_back_offs_while_large_batches_are_pr
 def test_arrival_patterns_deliver_every_example_once_in_their_own_shape() -> None:
     portion = [Example(f"text {i}", label) for i, label in enumerate("abcab" * 40)]
     for arrival in cl_stream.ARRIVALS:
-        calls = cl_stream.arrivals(portion, arrival, batch=16)
+        calls = cl_stream.arrivals(portion, arrival, batch=16, window=128)
         assert sorted(e.text for call in calls for e in call) == sorted(e.text for e in portion), arrival
-    assert all(len(call) == 1 for call in cl_stream.arrivals(portion, "trickle", 16))
-    ordered = [e.label for call in cl_stream.arrivals(portion, "sorted", 16) for e in call]
+    assert all(len(call) == 1 for call in cl_stream.arrivals(portion, "trickle", 16, 128))
+    assert [len(call) for call in cl_stream.arrivals(portion, "batched", 16, 128)] == [16] * 12 + [8]
+    sorted_calls = cl_stream.arrivals(portion, "sorted", 16, 128)
+    assert [len(call) for call in sorted_calls] == [128, 72]
+    ordered = [e.label for call in sorted_calls for e in call]
     assert ordered == sorted(ordered)
-    sizes = [len(call) for call in cl_stream.arrivals(portion, "bursty", 16)]
-    assert sizes[:4] == [16] * 4 and sizes[4:20] == [1] * 16 and sizes[20:24] == [16] * 4
+    sizes = [len(call) for call in cl_stream.arrivals(portion, "bursty", 16, 128)]
+    assert sizes[:1] == [64] and sizes[1:17] == [1] * 16 and sizes[17:18] == [64]
+    assert [len(call) for call in cl_stream.arrivals(portion, "bursty", 16, 0)][:4] == [16] * 4
+    assert [len(call) for call in cl_stream.arrivals(portion, "sorted", 16, 0)] == [16] * 12 + [8]
 
 
 def test_cl_stream_rows_record_arrival_and_prequential_accuracy(tmp_path: Path, cl_stream_dir: Path) -> None:

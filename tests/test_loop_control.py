@@ -445,3 +445,36 @@ def test_a_learner_that_lost_its_lease_while_writing_acknowledges_and_announces_
     assert redis_client.xpending(keys.feedback, "learners")["pending"] > 0, "nothing was acknowledged"
     assert all(event["snapshot_id"] != taken[0].id for event in recent_versions(redis_client, keys))
     assert redis_client.get(keys.lease) == b"the-new-holder"
+
+
+@pytest.mark.parametrize(("mix_window", "mixed"), [(48, True), (0, False)])
+def test_a_file_sorted_by_label_posted_at_once_is_learned_in_mixed_micro_batches(
+    tiny_encoder: Encoder,
+    redis_client: redis.Redis,
+    key_prefix: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mix_window: int,
+    mixed: bool,
+) -> None:
+    keys = StreamKeys(key_prefix, "m")
+    with start_loop(tiny_encoder, redis_client, keys, tmp_path, mix_window=mix_window) as running:
+        taken: list[set[str]] = []
+        learn = running.learner.learn
+        monkeypatch.setattr(
+            running.learner,
+            "learn",
+            lambda examples: taken.append({e.label for e in examples}) or learn(examples),
+        )
+        nightly = [
+            FeedbackRecord(text=f"{label} story number {i} about {label}", label=label, id=f"{label}-{i}")
+            for label in LABELS
+            for i in range(16)
+        ]
+        FeedbackProducer(running.client, keys).add(nightly)  # one request: all of it waits at once
+        eventually(lambda: running.applied() == 48, 60, "the file applied")
+    assert len(taken) == 6
+    if mixed:
+        assert all(len(labels) >= 2 for labels in taken), taken
+    else:
+        assert all(len(labels) == 1 for labels in taken), taken

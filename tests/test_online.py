@@ -328,3 +328,43 @@ def test_an_operator_removes_a_label_and_learning_goes_on_without_it(tmp_path: P
     restored = make_learner(strategy="migu+replay", probe_fraction=0.2, probe_min_size=1)
     restored.restore(store.load(store.latest().id))
     assert restored.labels == ["sports", "finance"]
+
+
+def sorted_window() -> list[Example]:
+    """A file sorted by label, as a nightly job posts it."""
+    return [
+        Example(t, label)
+        for label, texts in (("sports", SPORTS), ("finance", FINANCE), ("weather", WEATHER))
+        for t in texts
+    ]
+
+
+def test_a_window_sorted_by_label_is_learned_in_micro_batches_that_mix_its_labels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    learner = make_learner(strategy="sgd", probe_fraction=0.3)
+    taken: list[list[str]] = []
+    learn = learner.learn
+    monkeypatch.setattr(
+        learner, "learn", lambda examples: taken.append([e.label for e in examples]) or learn(examples)
+    )
+    between: list[int] = []
+    window = sorted_window()
+    report = learner.learn_window(window, batch_size=8, between=lambda: between.append(len(taken)))
+    assert [len(labels) for labels in taken] == [8, 8, 8]
+    assert all(len(set(labels)) >= 2 for labels in taken), taken
+    assert between == [1, 2]
+    # Which examples were held out is reported in the window's own order, as the ledger records it.
+    probe_texts = {text for probe in learner.probes.probes() for text, _ in probe.examples}
+    assert report.held_out_mask == [example.text in probe_texts for example in window]
+    assert report.trained == learner.counters.examples_trained == len(window) - report.held_out
+
+
+def test_a_window_that_fits_one_micro_batch_is_learned_as_it_arrived() -> None:
+    window = sorted_window()[4:12]
+    one = make_learner()
+    one.learn(window)
+    other = make_learner()  # built after the first learned: both draw the same dropout masks
+    other.learn_window(window, batch_size=8)
+    for name, value in weights(one).items():
+        assert torch.equal(value, weights(other)[name]), name
