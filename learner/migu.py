@@ -2,23 +2,64 @@
 
 While a training forward runs inside ``MiguGate.measuring``, every gated ``nn.Linear``
 accumulates, per output row, the L1 magnitude of its output over the real tokens.
-After backward, ``row_masks`` keeps, in each layer, only the rows whose magnitude reaches
-the layer's ``quantile``-quantile; the optimizer then updates those rows alone
-(``GatedAdamW.step(masks)``).
+``row_masks`` keeps, in each layer, only the rows whose magnitude reaches the layer's
+``quantile``-quantile; the optimizer then updates those rows alone (``GatedAdamW.step(masks)``).
+
+The masks are known when the forward pass ends, before backward, so inside ``measuring`` each
+gated layer computes its weight gradient for the kept rows only (``_KeptRowsLinear``): the rows
+the optimizer would drop cost no matrix product. The input gradient is computed in full, since
+earlier layers need it; dropped rows get a zero gradient.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional
 from torch.utils.hooks import RemovableHandle
 
 _STEP_KEY = "step"
 _EMA_PREFIX = "ema."
 _STATS_PREFIX = "stats."
+
+
+@dataclass
+class _Rows:
+    """The rows of one layer the gate keeps on this step; None until the forward pass is over."""
+
+    keep: Tensor | None = None
+
+
+class _KeptRowsLinear(torch.autograd.Function):
+    """`linear(x, weight, bias)`; its backward computes weight and bias gradients of the kept rows only."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, rows: _Rows) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.rows, ctx.has_bias = rows, bias is not None
+        return functional.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None
+        keep = ctx.rows.keep
+        kept = keep.nonzero().squeeze(1) if keep is not None else None
+        grad_rows = grad_out.reshape(-1, weight.shape[0])
+        if kept is not None:
+            grad_rows = grad_rows.index_select(1, kept)
+        grad_weight = grad_rows.T @ x.reshape(-1, weight.shape[1])
+        grad_bias = grad_rows.sum(0) if ctx.has_bias else None
+        if kept is not None:
+            grad_weight = weight.new_zeros(weight.shape).index_copy_(0, kept, grad_weight)
+            if grad_bias is not None:
+                grad_bias = weight.new_zeros(weight.shape[0]).index_copy_(0, kept, grad_bias)
+        return grad_x, grad_weight, grad_bias, None
 
 
 class MiguGate:
@@ -59,6 +100,7 @@ class MiguGate:
         self._stats: dict[str, Tensor] = {}
         self._handles: list[RemovableHandle] = []
         self._token_mask: Tensor | None = None
+        self._rows = {name: _Rows() for name in self.layers}
 
     @property
     def steps(self) -> int:
@@ -79,12 +121,27 @@ class MiguGate:
         try:
             for name, layer in self.layers.items():
                 self._handles.append(layer.register_forward_hook(self._hook_for(name)))
+                self._rows[name].keep = None
+                layer.forward = self._kept_rows_forward(layer, self._rows[name])
             yield
         finally:
             for handle in self._handles:
                 handle.remove()
             self._handles.clear()
+            for layer in self.layers.values():
+                del layer.forward
             self._token_mask = None
+        # The forward pass is over: the masks are known before backward needs them.
+        keep, _, _ = self._decide(self._sums)
+        for name, rows in self._rows.items():
+            rows.keep = keep[name]
+
+    @staticmethod
+    def _kept_rows_forward(layer: nn.Linear, rows: _Rows) -> Callable[[Tensor], Tensor]:
+        def forward(x: Tensor) -> Tensor:
+            return _KeptRowsLinear.apply(x, layer.weight, layer.bias, rows)
+
+        return forward
 
     def _hook_for(self, name: str) -> Callable[[nn.Module, tuple, Tensor], None]:
         def hook(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
@@ -111,37 +168,44 @@ class MiguGate:
         clears the accumulated magnitudes; during the first ``warmup_steps`` calls every
         row is kept.
         """
-        # A layer the forward never reached has no magnitude: all zeros, so every row stays kept.
         sums, self._sums = self._sums, {}
-        magnitudes = [
-            sums[name] if name in sums else layer.weight.new_zeros(layer.out_features, dtype=torch.float32)
-            for name, layer in self.layers.items()
-        ]
-        gating = self._steps >= self.warmup_steps
+        keep, magnitudes, self._stats = self._decide(sums)
         self._steps += 1
-
+        if self.ema is not None:
+            self._ema_magnitudes = magnitudes
         masks: dict[nn.Parameter, Tensor] = {}
-        self._stats = {}
-        for (name, layer), current in zip(self.layers.items(), magnitudes, strict=True):
-            magnitude = current
-            if self.ema is not None:
-                previous = self._ema_magnitudes.get(name)
-                if previous is not None:
-                    magnitude = previous * self.ema + current * (1.0 - self.ema)
-                self._ema_magnitudes[name] = magnitude
+        for name, layer in self.layers.items():
+            _merge(masks, layer.weight, keep[name])
+            if self.mask_bias and layer.bias is not None:
+                _merge(masks, layer.bias, keep[name])
+        return masks
+
+    def _decide(
+        self, sums: dict[str, Tensor]
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        """The rows kept by a step with these magnitudes, the (EMA) magnitudes judged and the statistics, per
+        layer; nothing is changed, so the backward pass and `row_masks` see the same decision."""
+        gating = self._steps >= self.warmup_steps
+        keep, judged, stats = {}, {}, {}
+        for name, layer in self.layers.items():
+            # A layer the forward never reached has no magnitude: all zeros, so every row stays kept.
+            magnitude = sums.get(name)
+            if magnitude is None:
+                magnitude = layer.weight.new_zeros(layer.out_features, dtype=torch.float32)
+            previous = self._ema_magnitudes.get(name) if self.ema is not None else None
+            if previous is not None:
+                magnitude = previous * self.ema + magnitude * (1.0 - self.ema)
             if gating:
                 threshold = torch.quantile(magnitude, self.quantile)
-                keep = magnitude >= threshold
+                keep[name] = magnitude >= threshold
             else:
                 threshold = magnitude.new_zeros(())
-                keep = torch.ones_like(magnitude, dtype=torch.bool)
-            self._stats[name] = torch.stack(
-                [keep.float().mean(), threshold, magnitude.mean(), magnitude.max()]
+                keep[name] = torch.ones_like(magnitude, dtype=torch.bool)
+            judged[name] = magnitude
+            stats[name] = torch.stack(
+                [keep[name].float().mean(), threshold, magnitude.mean(), magnitude.max()]
             )
-            _merge(masks, layer.weight, keep)
-            if self.mask_bias and layer.bias is not None:
-                _merge(masks, layer.bias, keep)
-        return masks
+        return keep, judged, stats
 
     def discard(self) -> None:
         """Drop the magnitudes measured since the last ``row_masks`` (a skipped step); no step is counted."""

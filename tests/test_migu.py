@@ -271,3 +271,31 @@ def test_load_state_dict_rejects_unknown_layers() -> None:
     gate = MiguGate(_model(), ema=0.5)
     with pytest.raises(KeyError, match="no gated layer"):
         gate.load_state_dict({"step": torch.tensor(0), "ema.missing": torch.zeros(3)})
+
+
+def test_kept_rows_get_plain_backprop_gradients_and_dropped_rows_none() -> None:
+    model, reference = _model(), _model()
+    gate = MiguGate(model, quantile=0.5)
+    x, attention_mask = _batch()
+    masks = _measured_step(gate, model, x, attention_mask)
+    (reference(x) ** 2 * attention_mask[..., None]).sum().backward()
+    for gated, plain in zip(model.parameters(), reference.parameters(), strict=True):
+        keep = masks[gated]
+        assert 0 < int(keep.sum()) < len(keep)
+        assert torch.allclose(gated.grad[keep], plain.grad[keep], rtol=1e-5, atol=1e-6)
+        assert not gated.grad[~keep].any()
+    # The layers are plain again outside the block: an evaluation backward computes every row.
+    (model(x) ** 2).sum().backward()
+    assert all(layer.forward.__func__ is nn.Linear.forward for layer in gate.layers.values())
+
+
+def test_the_rows_a_backward_pass_keeps_are_those_the_optimizer_is_given() -> None:
+    model = _model()
+    gate = MiguGate(model, quantile=0.7, ema=0.5)
+    x, attention_mask = _batch()
+    for step in range(3):
+        masks = _measured_step(gate, model, x * (step + 1), attention_mask)
+        for param, keep in masks.items():
+            assert not param.grad[~keep].any()
+            assert param.grad[keep].abs().sum() > 0
+            param.grad = None
