@@ -1,9 +1,10 @@
 """The int8 served copy (RETENTIVE_SERVE_QUANTIZE) against the float model it is made from.
 
-A learner with the defaults learns a cl_stream order (`TRAIN_PER_TASK` shuffled examples of each task, in
-micro-batches); its float weights and their int8 copy then answer each task's test texts, one text per
-forward pass for the timing (interleaved rounds, so both see the same machine) and in batches for the
-accuracy. The accuracy difference is paired (same texts), with a 95% interval from the discordant texts.
+On RETENTIVE_API_THREADS torch threads, as a replica predicts. A learner with the defaults learns a
+cl_stream order (`train_per_task` shuffled examples of each task, in micro-batches); its float weights and
+their int8 copy then answer each task's test texts, one text per forward pass for the timing (interleaved
+rounds, so both see the same machine) and in batches for the accuracy. The accuracy difference is paired
+(same texts), with a 95% interval from the texts on which they differ.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ ROUNDS = 3
 
 
 def quantized_figures(
-    model: str, batch: int, train_per_task: int = 200, test_per_task: int = 300, seed: int = 0
+    model: str, batch: int, threads: int, train_per_task: int = 200, test_per_task: int = 300, seed: int = 0
 ) -> dict[str, Any]:
     """`quantized_vs_bare` (int8 forward time over float, per text), both accuracies and their difference."""
+    torch.set_num_threads(threads)
     float_model = _trained_classifier(model, batch, train_per_task, seed)
     int8_model = quantized(copy.deepcopy(float_model))
     tasks = task_orders()[ORDER]
@@ -43,8 +45,10 @@ def quantized_figures(
         float_ms.append(_forward_ms(float_model, timed))
         int8_ms.append(_forward_ms(int8_model, timed))
     truth = [record["label"] for record in records]
-    right_float = [p.label == label for p, label in zip(float_model.predict(texts), truth, strict=True)]
-    right_int8 = [p.label == label for p, label in zip(int8_model.predict(texts), truth, strict=True)]
+    said_float = [p.label for p in float_model.predict(texts)]
+    said_int8 = [p.label for p in int8_model.predict(texts)]
+    right_float = [said == label for said, label in zip(said_float, truth, strict=True)]
+    right_int8 = [said == label for said, label in zip(said_int8, truth, strict=True)]
     difference, half_width = _paired_difference(right_int8, right_float)
     return {
         "quantized_vs_bare": statistics.median(int8_ms) / statistics.median(float_ms),
@@ -54,7 +58,7 @@ def quantized_figures(
         "quantized_accuracy": sum(right_int8) / len(truth),
         "quantized_accuracy_difference": difference,
         "quantized_accuracy_difference_95": half_width,
-        "answers_agree": sum(a == b for a, b in zip(right_float, right_int8, strict=True)) / len(truth),
+        "same_label": sum(a == b for a, b in zip(said_float, said_int8, strict=True)) / len(truth),
         "setup": {
             "order": ORDER,
             "train_per_task": train_per_task,

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.only == "quantized":
             print("the int8 served copy against the float model ...", flush=True)
             figures = quantized_figures(
-                model, defaults.batch_size, sizes.quantized_train, sizes.quantized_test
+                model, defaults.batch_size, defaults.api_threads, sizes.quantized_train, sizes.quantized_test
             )
             return _write(args.out or Path("bench/results/quantized.json"), _quantized_result(figures, args))
         if args.only:
@@ -176,7 +176,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("probe evaluation against training ...", flush=True)
         evaluation = evaluation_share(model, defaults, sizes.eval_rounds)
         print("the int8 served copy against the float model ...", flush=True)
-        int8 = quantized_figures(model, defaults.batch_size, sizes.quantized_train, sizes.quantized_test)
+        int8 = quantized_figures(
+            model, defaults.batch_size, defaults.api_threads, sizes.quantized_train, sizes.quantized_test
+        )
 
     result = {
         **run_metadata("bench.speed"),
