@@ -52,24 +52,26 @@ def arrival_service_table(result: dict) -> str:
 
 
 def arrival_stream_table(files: list[Path]) -> str:
-    """One row per arrival: AA, forgetting and prequential accuracy over seeds, and AA against `batched`."""
-    by_arrival: dict[str, list[dict]] = {}
+    """One row per arrival (and mixing window): AA, forgetting and prequential accuracy over seeds, and AA
+    against `batched` with the same seed."""
+    by_arrival: dict[tuple[str, int], list[dict]] = {}
     for path in files:
         result = json.loads(path.read_text())
+        window = result["config"].get("window", 0)
         for row in result["strategies"].values():
-            by_arrival.setdefault(row["arrival"], []).append({**row, "seed": result["config"]["seed"]})
-    batched = {row["seed"]: row["aa"] for row in by_arrival.get("batched", [])}
+            runs = by_arrival.setdefault((row["arrival"], window), [])
+            runs.append({**row, "seed": result["config"]["seed"]})
+    batched = {row["seed"]: row["aa"] for row in by_arrival.get(("batched", 0), [])}
     rows = [
-        "| arrival | seeds | AA | forgetting | prequential accuracy | AA / batched AA |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| arrival | mixing window | seeds | AA | forgetting | prequential accuracy | AA / batched AA |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for arrival in ("batched", "trickle", "sorted", "bursty"):
-        runs = sorted(by_arrival.get(arrival, []), key=lambda row: row["seed"])
-        if not runs:
-            continue
+    order = ("batched", "trickle", "sorted", "bursty")
+    for arrival, window in sorted(by_arrival, key=lambda key: (order.index(key[0]), key[1])):
+        runs = sorted(by_arrival[(arrival, window)], key=lambda row: row["seed"])
         ratios = [row["aa"] / batched[row["seed"]] for row in runs if row["seed"] in batched]
         rows.append(
-            f"| {arrival} | {len(runs)} | {mean_sd([r['aa'] for r in runs])} "
+            f"| {arrival} | {window or 'none'} | {len(runs)} | {mean_sd([r['aa'] for r in runs])} "
             f"| {mean_sd([r['forgetting'] for r in runs])} "
             f"| {mean_sd([r['prequential']['cumulative'] for r in runs])} "
             f"| {mean_sd(ratios) if ratios else 'n/a'} |"
