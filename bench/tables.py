@@ -20,6 +20,7 @@ from bench import long_stream
 
 RESULTS = Path(__file__).parent / "results"
 ARRIVAL_DIR = RESULTS / "arrival"
+DEFAULT_ARRIVAL_DIR = RESULTS / "arrival_default"
 LONG_DIR = RESULTS / "long"
 TUNING_DIR = RESULTS / "tuning"
 # Student's t at 97.5% for 1 to 9 degrees of freedom: a 95% interval of a mean over 2 to 10 seeds.
@@ -52,26 +53,32 @@ def arrival_service_table(result: dict) -> str:
 
 
 def arrival_stream_table(files: list[Path]) -> str:
-    """One row per arrival (and mixing window): AA, forgetting and prequential accuracy over seeds, and AA
-    against `batched` with the same seed."""
-    by_arrival: dict[tuple[str, int], list[dict]] = {}
+    """One row per order, arrival and mixing window: AA, forgetting and prequential accuracy over seeds, and
+    AA against `batched` on the same order with the same seed."""
+    by_arrival: dict[tuple[str, str, int], list[dict]] = {}
     for path in files:
         result = json.loads(path.read_text())
         window = result["config"].get("window", 0)
         for row in result["strategies"].values():
-            runs = by_arrival.setdefault((row["arrival"], window), [])
+            runs = by_arrival.setdefault((result["order"], row["arrival"], window), [])
             runs.append({**row, "seed": result["config"]["seed"]})
-    batched = {row["seed"]: row["aa"] for row in by_arrival.get(("batched", 0), [])}
+    batched = {
+        (order, row["seed"]): row["aa"]
+        for (order, arrival, _), runs in by_arrival.items()
+        if arrival == "batched"
+        for row in runs
+    }
     rows = [
-        "| arrival | mixing window | seeds | AA | forgetting | prequential accuracy | AA / batched AA |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| order | arrival | mixing window | seeds | AA | forgetting | prequential accuracy "
+        "| AA / batched AA |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    order = ("batched", "trickle", "sorted", "bursty")
-    for arrival, window in sorted(by_arrival, key=lambda key: (order.index(key[0]), key[1])):
-        runs = sorted(by_arrival[(arrival, window)], key=lambda row: row["seed"])
-        ratios = [row["aa"] / batched[row["seed"]] for row in runs if row["seed"] in batched]
+    arrivals = ("batched", "trickle", "sorted", "bursty")
+    for order, arrival, window in sorted(by_arrival, key=lambda k: (k[0], arrivals.index(k[1]), k[2])):
+        runs = sorted(by_arrival[(order, arrival, window)], key=lambda row: row["seed"])
+        ratios = [row["aa"] / batched[order, row["seed"]] for row in runs if (order, row["seed"]) in batched]
         rows.append(
-            f"| {arrival} | {window or 'none'} | {len(runs)} | {mean_sd([r['aa'] for r in runs])} "
+            f"| {order} | {arrival} | {window or 'none'} | {len(runs)} | {mean_sd([r['aa'] for r in runs])} "
             f"| {mean_sd([r['forgetting'] for r in runs])} "
             f"| {mean_sd([r['prequential']['cumulative'] for r in runs])} "
             f"| {mean_sd(ratios) if ratios else 'n/a'} |"
@@ -271,7 +278,8 @@ def long() -> str:
 
 def arrival() -> str:
     service = json.loads((RESULTS / "arrival_service.json").read_text())
-    return arrival_service_table(service) + "\n\n" + arrival_stream_table(sorted(ARRIVAL_DIR.glob("*.json")))
+    streams = [sorted(folder.glob("*.json")) for folder in (DEFAULT_ARRIVAL_DIR, ARRIVAL_DIR)]
+    return "\n\n".join([arrival_service_table(service), *map(arrival_stream_table, streams)])
 
 
 def alarms() -> str:
