@@ -279,7 +279,25 @@ def long() -> str:
 def arrival() -> str:
     service = json.loads((RESULTS / "arrival_service.json").read_text())
     streams = [sorted(folder.glob("*.json")) for folder in (DEFAULT_ARRIVAL_DIR, ARRIVAL_DIR)]
-    return "\n\n".join([arrival_service_table(service), *map(arrival_stream_table, streams)])
+    tables = [arrival_service_table(service), *map(arrival_stream_table, streams)]
+    return "\n\n".join([*tables, window_differences(streams[0])])
+
+
+def window_differences(files: list[Path]) -> str:
+    """For each order, a sorted stream learned with each mixing window against the same without one."""
+    by_seed: dict[str, dict[int, float]] = {}
+    for path in files:
+        result = json.loads(path.read_text())
+        for row in result["strategies"].values():
+            if row["arrival"] == "sorted":
+                name = f"{result['order']} sorted, window {result['config'].get('window') or 'none'}"
+                by_seed.setdefault(name, {})[result["config"]["seed"]] = row["aa"]
+    lines = []
+    for name in sorted(by_seed):
+        baseline = name.rsplit(",", 1)[0] + ", window none"
+        if name != baseline and baseline in by_seed:
+            lines.append(f"- {difference(name, baseline, by_seed)}")
+    return "\n".join(lines)
 
 
 def alarms() -> str:
