@@ -76,3 +76,12 @@ def test_a_setting_under_its_old_name_is_refused_with_the_new_one(
     monkeypatch.setenv("RETENTIVE_MIGU_QUANTILE", "0.5")
     with pytest.raises(ConfigError, match="RETENTIVE_MIGU_QUANTILE is now RETENTIVE_QUANTILE"):
         load_settings()
+
+
+def test_a_mixing_window_smaller_than_a_micro_batch_is_refused_with_the_fix() -> None:
+    with pytest.raises(
+        ConfigError, match=r"RETENTIVE_MIX_WINDOW: 8 is smaller than RETENTIVE_BATCH_SIZE \(16\)"
+    ):
+        load_settings(mix_window=8, batch_size=16)
+    assert load_settings(mix_window=0).loop_config().window == 16
+    assert load_settings(mix_window=256).loop_config().window == 256
