@@ -195,11 +195,11 @@ def accuracies(learner: OnlineLearner, task: Task, records: list[dict[str, str]]
 def arrivals(portion: list[Example], arrival: str, batch: int, window: int) -> list[list[Example]]:
     """The calls to `learn_window` that deliver `portion` the way `arrival` says, as the service's learner
     reads them: what arrived together, up to `window` examples (RETENTIVE_MIX_WINDOW), is one call."""
+    window = max(window, batch)
     if arrival == "trickle":
         return [[example] for example in portion]
     if arrival == "sorted":
         portion = sorted(portion, key=lambda example: example.label)
-        window = max(window, batch)
         return [portion[start : start + window] for start in range(0, len(portion), window)]
     if arrival == "batched":
         return [portion[start : start + batch] for start in range(0, len(portion), batch)]
@@ -207,8 +207,7 @@ def arrivals(portion: list[Example], arrival: str, batch: int, window: int) -> l
     while start < len(portion):
         if burst:
             end = start + BURST_BATCHES * batch
-            size = max(window, batch)
-            calls += [portion[i : min(i + size, end)] for i in range(start, min(end, len(portion)), size)]
+            calls += [portion[i : min(i + window, end)] for i in range(start, min(end, len(portion)), window)]
         else:
             end = start + batch
             calls += [[example] for example in portion[start:end]]

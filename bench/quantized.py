@@ -42,8 +42,8 @@ def quantized_figures(
     timed = texts[:: max(1, len(texts) // TIMED_TEXTS)][:TIMED_TEXTS]
     float_ms, int8_ms = [], []
     for _ in range(ROUNDS):
-        float_ms.append(_forward_ms(float_model, timed))
-        int8_ms.append(_forward_ms(int8_model, timed))
+        float_ms.append(forward_ms(float_model, timed))
+        int8_ms.append(forward_ms(int8_model, timed))
     truth = [record["label"] for record in records]
     said_float = [p.label for p in float_model.predict(texts)]
     said_int8 = [p.label for p in int8_model.predict(texts)]
@@ -78,7 +78,6 @@ def _trained_classifier(model: str, batch: int, per_task: int, seed: int) -> Tex
         portion = [Example(r["text"], r["label"]) for r in read_train(task, per_task)]
         rng.shuffle(portion)
         examples += portion
-    torch.manual_seed(seed)
     tokenizer, encoder = load_encoder(model)
     learner = OnlineLearner(tokenizer, encoder, LearnerConfig(seed=seed, probe_fraction=0.0))
     for start in range(0, len(examples), batch):
@@ -86,8 +85,8 @@ def _trained_classifier(model: str, batch: int, per_task: int, seed: int) -> Tex
     return learner.model.eval()
 
 
-def _forward_ms(classifier: TextClassifier, texts: list[str]) -> float:
-    """Median milliseconds of one text's forward pass, tokenized beforehand."""
+def forward_ms(classifier: TextClassifier, texts: list[str]) -> float:
+    """Median milliseconds of one text's bare forward pass `head(encoder(batch))`, tokenized beforehand."""
     batches = [classifier.tokenize([text]) for text in texts]
     timings = []
     with torch.inference_mode():
@@ -100,8 +99,5 @@ def _forward_ms(classifier: TextClassifier, texts: list[str]) -> float:
 
 def _paired_difference(first: list[bool], second: list[bool]) -> tuple[float, float]:
     """Accuracy of `first` minus `second` on the same texts, and the half width of its 95% interval."""
-    n = len(first)
     gains = [int(a) - int(b) for a, b in zip(first, second, strict=True)]
-    mean = sum(gains) / n
-    variance = sum((g - mean) ** 2 for g in gains) / max(1, n - 1)
-    return mean, 1.96 * math.sqrt(variance / n)
+    return statistics.mean(gains), 1.96 * statistics.stdev(gains) / math.sqrt(len(gains))

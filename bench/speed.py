@@ -56,7 +56,7 @@ from app.learner_loop import LearnerLoop, publication_spacing
 from app.settings import Settings
 from bench.data import read_split
 from bench.meta import run_metadata
-from bench.quantized import quantized_figures
+from bench.quantized import forward_ms, quantized_figures
 from bench.service import eventually, save_tiny_model, serving
 from bench.step_speed import step_times
 from learner.classifier import TextClassifier
@@ -477,7 +477,7 @@ def service_figures(
     return {
         "predict_p50_ms": _percentile(latencies, 50),
         "predict_p99_ms": _percentile(latencies, 99),
-        "bare_forward_ms": _bare_forward_ms(classifier, texts[: sizes.requests]),
+        "bare_forward_ms": forward_ms(classifier, texts[: sizes.requests]),
         "served_texts_per_s": served_rate,
         "bare_batched_texts_per_s": bare_rate,
         "throughput_vs_bare": served_rate / bare_rate,
@@ -541,17 +541,6 @@ def _concurrent_predictions(base: str, texts: list[str], clients: int, each: int
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(client_run, range(clients)))
     return clients * each / (time.perf_counter() - began)
-
-
-def _bare_forward_ms(classifier: TextClassifier, texts: list[str]) -> float:
-    batches = [classifier.tokenize([text]) for text in texts]
-    timings = []
-    with torch.inference_mode():
-        for batch in batches:
-            began = time.perf_counter()
-            classifier.head(classifier.embed(batch))
-            timings.append((time.perf_counter() - began) * 1000)
-    return _percentile(timings, 50)
 
 
 def _bare_batched_rate(classifier: TextClassifier, texts: list[str], batch: int, rounds: int) -> float:

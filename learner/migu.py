@@ -32,11 +32,13 @@ _STATS_PREFIX = "stats."
 class _Rows:
     """The rows of one layer the gate keeps on this step; None until the forward pass is over."""
 
+    gated_bias: bool
     keep: Tensor | None = None
 
 
 class _KeptRowsLinear(torch.autograd.Function):
-    """`linear(x, weight, bias)`; its backward computes weight and bias gradients of the kept rows only."""
+    """`linear(x, weight, bias)`; its backward computes the weight gradient of the kept rows only, and the
+    bias gradient of those rows too when the gate masks biases (whole otherwise: the optimizer updates it)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, rows: _Rows) -> Tensor:
@@ -51,14 +53,15 @@ class _KeptRowsLinear(torch.autograd.Function):
         keep = ctx.rows.keep
         kept = keep.nonzero().squeeze(1) if keep is not None else None
         grad_rows = grad_out.reshape(-1, weight.shape[0])
-        if kept is not None:
-            grad_rows = grad_rows.index_select(1, kept)
-        grad_weight = grad_rows.T @ x.reshape(-1, weight.shape[1])
         grad_bias = grad_rows.sum(0) if ctx.has_bias else None
-        if kept is not None:
-            grad_weight = weight.new_zeros(weight.shape).index_copy_(0, kept, grad_weight)
-            if grad_bias is not None:
-                grad_bias = weight.new_zeros(weight.shape[0]).index_copy_(0, kept, grad_bias)
+        if kept is None:
+            return grad_x, grad_rows.T @ x.reshape(-1, weight.shape[1]), grad_bias, None
+        grad_rows = grad_rows.index_select(1, kept)
+        grad_weight = weight.new_zeros(weight.shape).index_copy_(
+            0, kept, grad_rows.T @ x.reshape(-1, weight.shape[1])
+        )
+        if grad_bias is not None and ctx.rows.gated_bias:
+            grad_bias = grad_bias.masked_fill(~keep, 0.0)
         return grad_x, grad_weight, grad_bias, None
 
 
@@ -100,7 +103,8 @@ class MiguGate:
         self._stats: dict[str, Tensor] = {}
         self._handles: list[RemovableHandle] = []
         self._token_mask: Tensor | None = None
-        self._rows = {name: _Rows() for name in self.layers}
+        self._rows = {name: _Rows(gated_bias=mask_bias) for name in self.layers}
+        self._decision: tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]] | None = None
 
     @property
     def steps(self) -> int:
@@ -131,10 +135,11 @@ class MiguGate:
             for layer in self.layers.values():
                 del layer.forward
             self._token_mask = None
-        # The forward pass is over: the masks are known before backward needs them.
-        keep, _, _ = self._decide(self._sums)
+        # The forward pass is over: the masks are known before backward needs them, and `row_masks` takes
+        # the same decision after it.
+        self._decision = self._decide(self._sums)
         for name, rows in self._rows.items():
-            rows.keep = keep[name]
+            rows.keep = self._decision[0][name]
 
     @staticmethod
     def _kept_rows_forward(layer: nn.Linear, rows: _Rows) -> Callable[[Tensor], Tensor]:
@@ -169,7 +174,8 @@ class MiguGate:
         row is kept.
         """
         sums, self._sums = self._sums, {}
-        keep, magnitudes, self._stats = self._decide(sums)
+        decision, self._decision = self._decision, None
+        keep, magnitudes, self._stats = decision or self._decide(sums)
         self._steps += 1
         if self.ema is not None:
             self._ema_magnitudes = magnitudes
@@ -209,7 +215,7 @@ class MiguGate:
 
     def discard(self) -> None:
         """Drop the magnitudes measured since the last ``row_masks`` (a skipped step); no step is counted."""
-        self._sums = {}
+        self._sums, self._decision = {}, None
 
     def last_stats(self) -> dict[str, dict[str, float]]:
         """Per gated layer of the last step: keep_rate, threshold, mean and max magnitude."""
@@ -262,7 +268,7 @@ class MiguGate:
             kept[key.removeprefix(prefix)] = value.detach().to(layer.weight.device, torch.float32).clone()
         self._steps = int(state[_STEP_KEY])
         self._ema_magnitudes = ema_magnitudes
-        self._sums = {}
+        self._sums, self._decision = {}, None
         self._stats = stats
 
 
