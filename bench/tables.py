@@ -2,8 +2,9 @@
 
     python -m bench.tables arrival     # the tables of the README's "Feedback as people send it"
     python -m bench.tables long        # "The long stream": settings chosen on dev, three seeds on test
-    python -m bench.tables stream      # "Forgetting on a task-free stream": order1 to order3
+    python -m bench.tables orders      # "The four-task orders": the long stream's choices, three seeds
     python -m bench.tables alarms      # "Forgetting alarms": false alarms and detection
+    python -m bench.tables speed       # "Speed against the limits": bench.speed and what is measured alone
 
 Each table is printed as Markdown; tests/test_bench.py checks that the README holds exactly what this prints.
 """
@@ -22,6 +23,8 @@ RESULTS = Path(__file__).parent / "results"
 ARRIVAL_DIR = RESULTS / "arrival"
 DEFAULT_ARRIVAL_DIR = RESULTS / "arrival_default"
 LONG_DIR = RESULTS / "long"
+ORDERS_DIR = RESULTS / "orders"
+ORDERS = ("order1", "order2", "order3")
 TUNING_DIR = RESULTS / "tuning"
 # Student's t at 97.5% for 1 to 9 degrees of freedom: a 95% interval of a mean over 2 to 10 seeds.
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262)
@@ -155,11 +158,7 @@ def _long_row(name: str, spec: str, runs: list[dict], joint: dict[int, float]) -
 
 def long_table(files: list[Path], tuned: dict) -> str:
     """Each chosen spec over seeds on the test split, its AA against joint's, and what the gate changes."""
-    rows_by_spec: dict[str, list[dict]] = {}
-    for path in files:
-        result = json.loads(path.read_text())
-        for spec, row in result["strategies"].items():
-            rows_by_spec.setdefault(spec, []).append({**row, "seed": result["config"]["seed"]})
+    rows_by_spec = _seed_rows(files)
     runs = {
         name: sorted(rows_by_spec.get(spec, []), key=lambda r: r["seed"])
         for name, spec in tuned["chosen"].items()
@@ -211,69 +210,56 @@ def returns_table(files: list[Path], tuned: dict) -> str:
     return "\n".join(rows)
 
 
-STREAM_STRATEGIES = ("sgd", "migu", "replay", "migu+replay", "joint")
-
-
-def _by_strategy(path: Path) -> tuple[dict, dict[str, dict]]:
-    """A result file and its rows keyed by strategy name (each file holds one spec per strategy)."""
-    result = json.loads(path.read_text())
-    rows = {spec.partition("@")[0]: row for spec, row in result["strategies"].items()}
-    return result, rows
-
-
-def stream_table(files: list[Path]) -> str:
-    """One row per order: AA / forgetting / BWT of each strategy, the best continual AA in bold."""
-    rows = [
-        "| order | tasks | " + " | ".join(f"`{name}`" for name in STREAM_STRATEGIES) + " |",
-        "|---|---|" + "---:|" * len(STREAM_STRATEGIES),
-    ]
+def _seed_rows(files: list[Path]) -> dict[str, list[dict]]:
+    """Every row of `files` keyed by spec, each tagged with the seed of its file."""
+    rows_by_spec: dict[str, list[dict]] = {}
     for path in files:
-        result, by_name = _by_strategy(path)
-        best = max((n for n, r in by_name.items() if not r["joint"]), key=lambda n: by_name[n]["aa"])
-        cells = []
-        for name in STREAM_STRATEGIES:
-            row = by_name.get(name)
-            text = "n/a" if row is None else f"{row['aa']:.3f} / {row['forgetting']:.3f} / {row['bwt']:+.3f}"
-            cells.append(f"**{text}**" if name == best else text)
-        rows.append(f"| {result['order']} | {' → '.join(result['tasks'])} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+        result = json.loads(path.read_text())
+        for spec, row in result["strategies"].items():
+            rows_by_spec.setdefault(spec, []).append({**row, "seed": result["config"]["seed"]})
+    return rows_by_spec
 
 
-def seeds_table(by_order: dict[str, list[Path]]) -> str:
-    """`sgd` against `migu` over the seeds of each order: means, the paired AA difference, forgetting."""
+def within_task_table(files: list[Path], tuned: dict) -> str:
+    """Each continual strategy's AA and forgetting over all labels beside the same scored within each task's
+    own labels, over every order and seed in `files`: where the gap is, the head forgets, not the encoder."""
+    rows_by_spec = _seed_rows(files)
     rows = [
-        "| order | seeds | `sgd` AA | `migu` AA | `migu` minus `sgd` AA (95% interval) | `sgd` forgetting "
-        "| `migu` forgetting | forgetting ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| strategy | runs | AA, all labels | AA, within task | forgetting, all labels "
+        "| forgetting, within task | encoder drift |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for order, files in by_order.items():
-        runs = [_by_strategy(path)[1] for path in files]
-        aa = {name: [run[name]["aa"] for run in runs] for name in ("sgd", "migu")}
-        lost = {name: mean(run[name]["forgetting"] for run in runs) for name in ("sgd", "migu")}
-        gaps = [100 * (m - s) for m, s in zip(aa["migu"], aa["sgd"], strict=True)]
-        rows.append(
-            f"| {order} | {len(runs)} | {mean(aa['sgd']):.3f} | {mean(aa['migu']):.3f} "
-            f"| {mean(gaps):+.2f} ± {interval(gaps):.2f} points | {lost['sgd']:.3f} | {lost['migu']:.3f} "
-            f"| {lost['migu'] / lost['sgd']:.2f}x |"
-        )
+    for name, spec in tuned["chosen"].items():
+        runs = rows_by_spec.get(spec, [])
+        if not runs or runs[0]["joint"]:
+            continue
+        cells = [
+            mean_sd([r[key] for r in runs])
+            for key in ("aa", "within_task_aa", "forgetting", "within_task_forgetting")
+        ]
+        drifts = [100 * r["encoder_drift"] for r in runs]
+        drift = f"{min(drifts):.1f}% to {max(drifts):.1f}%"
+        rows.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + f" | {drift} |")
     return "\n".join(rows)
-
-
-def stream() -> str:
-    orders = ("order1", "order2", "order3")
-    seeds = {
-        order: [RESULTS / f"cl_stream_{order}.json", *sorted(RESULTS.glob(f"cl_stream_seed*_{order}.json"))]
-        for order in orders
-    }
-    return (
-        stream_table([RESULTS / f"cl_stream_{order}.json" for order in orders]) + "\n\n" + seeds_table(seeds)
-    )
 
 
 def long() -> str:
     tuned = json.loads((TUNING_DIR / "long.json").read_text())
     files = sorted(LONG_DIR.glob("seed*.json"))
     return "\n\n".join([tuning_table(tuned), long_table(files, tuned), returns_table(files, tuned)])
+
+
+def orders() -> str:
+    """The long stream's chosen specs on each four-task order over seeds on test, and where forgetting is."""
+    tuned = json.loads((TUNING_DIR / "long.json").read_text())
+    parts, every_file = [], []
+    for order in ORDERS:
+        files = sorted(ORDERS_DIR.glob(f"{order}_seed*.json"))
+        if files:
+            tasks = " → ".join(json.loads(files[0].read_text())["tasks"])
+            parts.append(f"**{order}** ({tasks})\n\n" + long_table(files, tuned))
+            every_file += files
+    return "\n\n".join([*parts, within_task_table(every_file, tuned)])
 
 
 def arrival() -> str:
@@ -300,6 +286,153 @@ def window_differences(files: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def _aim(result: dict, key: str) -> tuple[str, str]:
+    """The aim a `bench.speed` run checked a figure against, and whether it was met."""
+    checked = result["aims"].get(key)
+    if checked is None:
+        return "", ""
+    return checked["aim"].replace(">=", "≥").replace("<=", "≤"), "yes" if checked["met"] else "no"
+
+
+def speed_table(result: dict) -> str:
+    """The full `bench.speed` run: each figure beside its reference from the same run, and its aim."""
+    details = result["details"]
+    learner, service, step = details["learner"], details["service"], details["step_s"]
+    p50_ratio = service["predict_p50_ms"] / service["bare_forward_ms"]
+    figures = [
+        (
+            "learner loop from Redis, examples/s",
+            f"{learner['loop_examples_per_s']:.1f} ({learner['ratio']:.2f}x)",
+            f"bare AdamW loop over in-memory tensors, same update: {learner['bare_examples_per_s']:.1f}",
+            "learner_vs_bare",
+        ),
+        (
+            f"the default strategy (`{learner['default_strategy']}`), examples/s",
+            f"{learner['default_examples_per_s']:.1f} ({learner['default_vs_bare']:.2f}x)",
+            "the same bare loop",
+            "default_vs_bare",
+        ),
+        (
+            "MIGU step time",
+            f"{step['migu']:.3f} s ({result['migu_vs_sgd_step']:.2f}x)",
+            f"plain AdamW step: {step['sgd']:.3f} s",
+            "migu_vs_sgd_step",
+        ),
+        (
+            "`/v1/predict` p50, one text",
+            f"{service['predict_p50_ms']:.1f} ms ({p50_ratio:.2f}x)",
+            f"bare `head(encoder(**batch))`: {service['bare_forward_ms']:.1f} ms",
+            "predict_p50_ms",
+        ),
+        ("`/v1/predict` p99, one text", f"{service['predict_p99_ms']:.1f} ms", "", ""),
+        (
+            f"texts/s, {service['clients']} concurrent clients",
+            f"{service['served_texts_per_s']:.1f} ({service['throughput_vs_bare']:.2f}x)",
+            f"bare batched forward passes of 16: {service['bare_batched_texts_per_s']:.1f}",
+            "throughput_vs_bare",
+        ),
+        (
+            "p99 while the learner trains flat out",
+            f"{service['p99_learning_ms']:.1f} ms ({service['p99_learning_vs_paused']:.2f}x)",
+            f"learner paused: {service['p99_paused_ms']:.1f} ms",
+            "p99_learning_vs_paused",
+        ),
+        (
+            "feedback examples/s, batches of 100",
+            f"{service['ingest_examples_per_s']:,.0f} ({service['ingest_vs_xadd']:.2f}x)",
+            f"pipelined XADD from redis-py: {service['xadd_examples_per_s']:,.0f}",
+            "ingest_vs_xadd",
+        ),
+        (
+            "freshness: feedback POST to a prediction from weights that applied it",
+            f"{service['freshness_s']:.1f} s (median of {len(service['freshness_trials_s'])})",
+            "",
+            "",
+        ),
+        (
+            "peak RSS, learner / API replica",
+            f"{service['learner_rss_mb']:,.0f} MB / {service['api_rss_mb']:,.0f} MB",
+            "",
+            "",
+        ),
+    ]
+    rows = ["| figure | measured | reference | aim | met |", "|---|---:|---|---|---|"]
+    for figure, measured, reference, key in figures:
+        rows.append(f"| {figure} | {measured} | {reference} | " + " | ".join(_aim(result, key)) + " |")
+    return "\n".join(rows)
+
+
+def measured_alone_table() -> str:
+    """The figures `bench.speed --only ...`, `bench.step_speed` and `bench.backoff` measure on their own."""
+    step = _result("step_speed")
+    share = _result("eval_share")["details"]["evaluation"]
+    quantized = _result("quantized")["details"]["quantized"]
+    after, before = _result("backoff"), _result("backoff_before")
+    batching = _result("predict_batching")
+    figures = [
+        (
+            "`migu` step, batch 16 at 128 tokens",
+            f"{step['median_step_s']['migu']:.3f} s ({step['ratio_to_sgd']['migu']:.2f}x)",
+            f"plain AdamW step: {step['median_step_s']['sgd']:.3f} s ({step['torch_threads']} threads)",
+            "step_speed",
+        ),
+        (
+            "probe evaluation, share of the learner's time",
+            f"{share['eval_share']:.3f}: {share['eval_s']:.1f} s",
+            f"training: {share['train_s']:.1f} s",
+            "eval_share",
+        ),
+        (
+            "promotion check, share of the learner's time",
+            f"{share['promotion_share']:.3f}: {share['promotion_checks']} checks, "
+            f"{share['promotion_s'] / share['promotion_checks']:.1f} s each",
+            "the same training",
+            "eval_share",
+        ),
+        (
+            "int8 served copy, one text per forward pass",
+            f"{quantized['quantized_forward_ms']:.1f} ms ({quantized['quantized_vs_bare']:.2f}x)",
+            f"float copy: {quantized['float_forward_ms']:.1f} ms",
+            "quantized",
+        ),
+        (
+            "int8 served copy, accuracy",
+            f"{quantized['quantized_accuracy']:.3f} "
+            f"({100 * quantized['quantized_accuracy_difference']:+.1f} "
+            f"± {100 * quantized['quantized_accuracy_difference_95']:.1f} points, same label on "
+            f"{100 * quantized['same_label']:.0f}%)",
+            f"float copy: {quantized['float_accuracy']:.3f}",
+            "quantized",
+        ),
+        (
+            f"learner during {after['predict_requests']} requests of {after['texts_per_request']} texts",
+            f"{after['updates']} updates, {after['backoffs']} back-offs in {after['phase_s']:.1f} s",
+            f"back-off on p95 latency: {before['updates']} updates, {before['backoffs']} back-offs "
+            f"in {before['phase_s']:.1f} s",
+            "backoff",
+        ),
+        (
+            f"dynamic batcher, {batching['clients']} clients, texts/s",
+            f"{batching['texts_per_s']['batcher']:.1f} ({batching['ratio_batcher_to_sequential']:.2f}x)",
+            f"one text per forward pass: {batching['texts_per_s']['sequential']:.1f}; "
+            f"forward passes of {batching['max_batch']}: {batching['texts_per_s']['chunked']:.1f}",
+            "predict_batching",
+        ),
+    ]
+    rows = ["| figure | measured | reference | file |", "|---|---:|---|---|"]
+    for figure, measured, reference, name in figures:
+        rows.append(f"| {figure} | {measured} | {reference} | `{name}.json` |")
+    return "\n".join(rows)
+
+
+def _result(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def speed() -> str:
+    return speed_table(_result("speed")) + "\n\n" + measured_alone_table()
+
+
 def alarms() -> str:
     """False alarms per rule where nothing is forgotten, and how soon a forgotten label is caught."""
     result = json.loads((RESULTS / "false_alarms.json").read_text())
@@ -324,7 +457,7 @@ def alarms() -> str:
     return "\n".join(lines)
 
 
-TABLES = {"alarms": alarms, "arrival": arrival, "long": long, "stream": stream}
+TABLES = {"alarms": alarms, "arrival": arrival, "long": long, "speed": speed}
 
 
 def main(argv: list[str] | None = None) -> None:
