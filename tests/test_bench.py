@@ -88,8 +88,10 @@ def test_speed_quick_measures_every_figure_against_its_reference(tmp_path: Path,
     result = json.loads(out.read_text())
     figures = [
         "learner_vs_bare",
+        "default_vs_bare",
         "migu_vs_sgd_step",
         "predict_p50_ms",
+        "predict_p50_vs_bare",
         "predict_p99_ms",
         "bare_forward_ms",
         "throughput_vs_bare",
@@ -108,6 +110,9 @@ def test_speed_quick_measures_every_figure_against_its_reference(tmp_path: Path,
     assert result["quantized_accuracy_difference"] == pytest.approx(difference)
     assert result["commit"] and result["predict_p99_ms"] >= result["predict_p50_ms"]
     assert set(result["aims"]) == {*speed.AIMS, "predict_p50_ms"}
+    p50_ratio = result["predict_p50_ms"] / result["bare_forward_ms"]
+    assert result["predict_p50_vs_bare"] == pytest.approx(p50_ratio)
+    assert result["devices"]["learner"].startswith("cpu") and result["devices"]["api"].startswith("cpu")
     service = result["details"]["service"]
     assert service["requests_learning"] > 0 and service["requests_paused"] > 0
     learner = result["details"]["learner"]
