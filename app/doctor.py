@@ -21,7 +21,7 @@ def doctor_report(settings: Settings) -> list[tuple[str, str]]:
     rows.append(("model parameters", f"{parameter_count(encoder) / 1e6:.1f}M ({type(encoder).__name__})"))
     rows.append(("torch", f"{torch.__version__}, {torch.get_num_threads()} threads available"))
     rows.append(("thread budget", f"api {settings.api_threads}, learner {settings.learner_threads}"))
-    rows.append(("learner device", f"{describe(resolve_device(settings.device))}, fp32"))
+    rows.append(("learner device", f"{describe(resolve_device(settings.device))}, {settings.precision}"))
     served = "int8 dynamic (RETENTIVE_SERVE_QUANTIZE)" if settings.serve_quantize else "fp32"
     rows.append(("api device", f"{describe(resolve_device(settings.serving_device()))}, {served}"))
     client = connect(settings.redis_url, settings.data_dir)

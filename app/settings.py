@@ -247,6 +247,13 @@ class Settings(BaseSettings):
         description=f"Where the learner computes: {DEVICE_CHOICES}. auto takes CUDA where there is a GPU, "
         "else the CPU; snapshots load on any device.",
     )
+    precision: Literal["fp32", "bf16"] = Field(
+        _LEARNER.precision,
+        description="The learner's training forward: fp32, or bf16 autocast (the encoder's matrix products "
+        "in bfloat16; weights, optimizer state, the gate's magnitudes, the head, the loss and evaluations "
+        "stay float32). For devices with bfloat16 units (recent GPUs, CPUs with AVX512-BF16 or AMX); "
+        "where bfloat16 is emulated it can be slower than fp32.",
+    )
     api_device: str = Field(
         "auto", description=f"Where an API replica predicts: {DEVICE_CHOICES}, as RETENTIVE_DEVICE."
     )

@@ -1,8 +1,10 @@
 """Cost of one learner update per strategy, as a ratio to plain fine-tuning measured in the same run.
 
-    python -m bench.step_speed [--steps 20] [--batch 16] [--tokens 128] [--out bench/results/step_speed.json]
+    python -m bench.step_speed [--strategies sgd,migu,migu@precision=bf16] [--steps 20] [--batch 16]
+                               [--tokens 128] [--out bench/results/step_speed.json]
 
-Steps of the strategies are interleaved (sgd, migu, sgd, migu, ...) so that load from elsewhere on a shared
+A strategy may name the precision of its training forward after an `@` (RETENTIVE_PRECISION). Steps of the
+strategies are interleaved (sgd, migu, sgd, migu, ...) so that load from elsewhere on a shared
 machine falls on all of them alike; the ratio of median step times is what is reported.
 """
 
@@ -76,11 +78,16 @@ def step_times(
     return times
 
 
-def _learner(strategy: str, tokens: int, quick: bool) -> OnlineLearner:
+def _learner(spec: str, tokens: int, quick: bool) -> OnlineLearner:
+    strategy, _, option = spec.partition("@")
+    key, _, precision = option.partition("=")
+    if option and key != "precision":
+        raise SystemExit(f"--strategies: {spec!r}: only precision=fp32|bf16 may follow the @")
     tokenizer, encoder = tiny_bert() if quick else load_encoder(default_model_path())
-    return OnlineLearner(
-        tokenizer, encoder, LearnerConfig(strategy=strategy, max_length=tokens, probe_fraction=0)
+    config = LearnerConfig(
+        strategy=strategy, precision=precision or "fp32", max_length=tokens, probe_fraction=0
     )
+    return OnlineLearner(tokenizer, encoder, config)
 
 
 if __name__ == "__main__":

@@ -4,15 +4,23 @@ The model, its batches, masks and targets, the gate's statistics and the optimiz
 device; snapshots are written from CPU copies (`learner.snapshots`), so a GPU learner's snapshot loads on a
 CPU replica unchanged. Each device has its own random generator, saved and restored beside the CPU's so
 that a resumed run repeats exactly on the device it ran on.
+
+The precision of a training step's encoder forward is `fp32` or `bf16` (autocast: the matrix products in
+bfloat16, which needs no loss scaling). Weights, optimizer state, the gate's magnitudes, the head, the loss
+and every evaluation stay float32, so a bf16 learner's snapshot is the same kind of file as any other.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from contextlib import AbstractContextManager
+from typing import Literal
 
 import torch
 from torch import Tensor
+
+Precision = Literal["fp32", "bf16"]
 
 CHOICES = "auto, cpu, cuda, cuda:N or mps"
 _FORM = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -65,3 +73,8 @@ def describe(device: torch.device) -> str:
         return "mps (Apple GPU, memory shared with the CPU)"
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return f"cpu ({os.cpu_count()} cores, {memory / 2**30:.1f} GiB)"
+
+
+def autocast(device: torch.device, precision: Precision) -> AbstractContextManager[None]:
+    """The context a training forward runs in: bf16 autocast on `device`, or plain float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

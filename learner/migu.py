@@ -49,16 +49,20 @@ class _KeptRowsLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None
+        # Under bf16 autocast the forward multiplied in bfloat16: so does the backward, and each gradient
+        # takes its input's dtype (float32 for the weights). In float32 every `to` is a no-op.
+        low_x, low_weight = x.to(grad_out.dtype), weight.to(grad_out.dtype)
+        grad_x = (grad_out @ low_weight).to(x.dtype) if ctx.needs_input_grad[0] else None
         keep = ctx.rows.keep
         kept = keep.nonzero().squeeze(1) if keep is not None else None
         grad_rows = grad_out.reshape(-1, weight.shape[0])
-        grad_bias = grad_rows.sum(0) if ctx.has_bias else None
+        grad_bias = grad_rows.sum(0, dtype=weight.dtype) if ctx.has_bias else None
+        inputs = low_x.reshape(-1, weight.shape[1])
         if kept is None:
-            return grad_x, grad_rows.T @ x.reshape(-1, weight.shape[1]), grad_bias, None
+            return grad_x, (grad_rows.T @ inputs).to(weight.dtype), grad_bias, None
         grad_rows = grad_rows.index_select(1, kept)
         grad_weight = weight.new_zeros(weight.shape).index_copy_(
-            0, kept, grad_rows.T @ x.reshape(-1, weight.shape[1])
+            0, kept, (grad_rows.T @ inputs).to(weight.dtype)
         )
         if grad_bias is not None and ctx.rows.gated_bias:
             grad_bias = grad_bias.masked_fill(~keep, 0.0)
@@ -150,21 +154,25 @@ class MiguGate:
 
     def _hook_for(self, name: str) -> Callable[[nn.Module, tuple, Tensor], None]:
         def hook(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
-            out = output.detach().abs()
-            mask = self._token_mask
-            if mask is not None and out.ndim >= 3 and out.shape[:2] == mask.shape:
-                mask = mask.to(device=out.device, dtype=out.dtype)
-                row_sum = torch.einsum("bt...o,bt->o", out, mask).float()
-            else:
-                # No token axis (e.g. a pooler) or no mask: every position counts.
-                row_sum = out.sum(dim=tuple(range(out.ndim - 1)), dtype=torch.float32)
-            acc = self._sums.get(name)
-            if acc is None:
-                self._sums[name] = row_sum
-            else:
-                acc.add_(row_sum)
+            # Magnitudes add up in float32 whatever precision the forward runs in.
+            with torch.autocast(output.device.type, enabled=False):
+                self._accumulate(name, output.detach().abs().float())
 
         return hook
+
+    def _accumulate(self, name: str, out: Tensor) -> None:
+        """Add one forward's per-row L1 magnitude of a layer's output (over the real tokens) to its sum."""
+        mask = self._token_mask
+        if mask is not None and out.ndim >= 3 and out.shape[:2] == mask.shape:
+            row_sum = torch.einsum("bt...o,bt->o", out, mask.to(device=out.device, dtype=out.dtype))
+        else:
+            # No token axis (e.g. a pooler) or no mask: every position counts.
+            row_sum = out.sum(dim=tuple(range(out.ndim - 1)))
+        acc = self._sums.get(name)
+        if acc is None:
+            self._sums[name] = row_sum
+        else:
+            acc.add_(row_sum)
 
     def row_masks(self) -> dict[nn.Parameter, Tensor]:
         """Turn the last measured step into bool row masks, one per gated weight (and bias).

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from learner.classifier import HeadKind, Prediction, TextClassifier
-from learner.devices import resolve_device, rng_state, set_rng_state
+from learner.devices import Precision, autocast, resolve_device, rng_state, set_rng_state
 from learner.forgetting import Alarm, ForgettingTracker
 from learner.losses import LossKind, classification_loss
 from learner.optimizer_state import (
@@ -60,6 +60,7 @@ class LearnerConfig:
     max_length: int = 128
     max_labels: int = 10_000
     device: str = "auto"
+    precision: Precision = "fp32"
     probe_fraction: float = 0.05
     probe_window: int = 1000
     probe_size: int = 200
@@ -286,8 +287,13 @@ class OnlineLearner:
 
         self.model.train()
         batch = self.model.tokenize(all_texts)
-        with self.strategy.measuring(batch["attention_mask"]):
+        with (
+            self.strategy.measuring(batch["attention_mask"]),
+            autocast(self.model.device, self.config.precision),
+        ):
             embeddings = self.model.embed(batch)
+        # The head, imprinting and the loss take float32 whatever the encoder's precision.
+        embeddings = embeddings.float()
         if not torch.isfinite(embeddings).all():
             return self._skip()
         self._score_before_learning(embeddings[: len(texts)], labels)

@@ -3,6 +3,7 @@ snapshots that load on another device. Runs on the CPU; on a GPU machine `auto` 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from app.serving import ModelHolder
-from learner.devices import resolve_device
+from learner.devices import Precision, resolve_device
 from learner.encoder import tiny_bert
 from learner.online import Example, LearnerConfig, OnlineLearner
 from learner.snapshots import SnapshotStore
@@ -36,9 +37,9 @@ class DevicesSeen(TorchDispatchMode):
         return out
 
 
-def learner_on(device: str) -> OnlineLearner:
+def learner_on(device: str, precision: Precision = "fp32") -> OnlineLearner:
     tokenizer, encoder = tiny_bert(seed=0)
-    config = LearnerConfig(device=device, lr=3e-3, probe_fraction=0.0, eval_every=2)
+    config = LearnerConfig(device=device, precision=precision, lr=3e-3, probe_fraction=0.0, eval_every=2)
     return OnlineLearner(tokenizer, encoder, config, probe_salt=b"tests")
 
 
@@ -109,3 +110,36 @@ def test_a_device_this_machine_lacks_is_refused_naming_what_to_set() -> None:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     with pytest.raises(ValueError, match=f"this machine has {count} CUDA devices; use cpu or auto"):
         resolve_device(f"cuda:{count}")
+
+
+def test_bf16_multiplies_the_encoder_in_bfloat16_and_keeps_every_state_in_float32() -> None:
+    learner = learner_on("cpu", "bf16")
+    gated = learner.model.encoder.encoder.layer[0].intermediate.dense
+    outputs: list[torch.dtype] = []
+    gated.register_forward_hook(lambda _module, _inputs, output: outputs.append(output.dtype))
+    before = {name: value.clone() for name, value in learner.model.state_dict().items()}
+    reports = [learner.learn(batch) for batch in batches()]
+    assert all(report.loss is not None and math.isfinite(report.loss) for report in reports)
+    assert torch.bfloat16 in outputs, "the training forward ran in float32"
+    moved = [
+        name for name, value in learner.model.state_dict().items() if not torch.equal(value, before[name])
+    ]
+    assert any("encoder.layer" in name for name in moved), "the gated encoder did not learn"
+    for name, value in learner.model.state_dict().items():
+        assert not value.is_floating_point() or value.dtype == torch.float32, name
+    moments = [
+        v for state in learner.optimizer.state.values() for v in state.values() if v.is_floating_point()
+    ]
+    assert moments and all(moment.dtype == torch.float32 for moment in moments)
+    assert 0.0 < learner.keep_rate() < 1.0
+
+
+def test_a_bf16_learner_answers_as_a_float32_one_does() -> None:
+    learners = {precision: learner_on("cpu", precision) for precision in ("fp32", "bf16")}
+    for learner in learners.values():
+        for batch in batches():
+            learner.learn(batch)
+    texts = SPORTS + FINANCE
+    answers = {precision: learner.predict(texts) for precision, learner in learners.items()}
+    assert [p.label for p in answers["bf16"]] == [p.label for p in answers["fp32"]]
+    assert [p.score for p in answers["bf16"]] == pytest.approx([p.score for p in answers["fp32"]], abs=0.05)

@@ -85,3 +85,11 @@ def test_a_mixing_window_smaller_than_a_micro_batch_is_refused_with_the_fix() ->
         load_settings(mix_window=8, batch_size=16)
     assert load_settings(mix_window=0).loop_config().window == 16
     assert load_settings(mix_window=256).loop_config().window == 256
+
+
+def test_the_precision_reaches_the_learner_and_an_unknown_one_is_refused_with_the_choices() -> None:
+    assert load_settings(precision="bf16").learner_config().precision == "bf16"
+    with pytest.raises(
+        ConfigError, match=r"RETENTIVE_PRECISION: Input should be 'fp32' or 'bf16' \(got 'fp16'\)"
+    ):
+        load_settings(precision="fp16")
