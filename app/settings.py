@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.auth import parse_api_keys, read_key_file
 from app.learner_loop import LoopConfig
 from learner.devices import CHOICES as DEVICE_CHOICES
-from learner.devices import check_device_name
+from learner.devices import Precision, check_device_name
 from learner.encoder import default_model_path, looks_like_path
 from learner.forgetting import AlarmPolicy
 from learner.fsspec_snapshots import check_snapshot_url
@@ -247,7 +247,7 @@ class Settings(BaseSettings):
         description=f"Where the learner computes: {DEVICE_CHOICES}. auto takes CUDA where there is a GPU, "
         "else the CPU; snapshots load on any device.",
     )
-    precision: Literal["fp32", "bf16"] = Field(
+    precision: Precision = Field(
         _LEARNER.precision,
         description="The learner's training forward: fp32, or bf16 autocast (the encoder's matrix products "
         "in bfloat16; weights, optimizer state, the gate's magnitudes, the head, the loss and evaluations "
