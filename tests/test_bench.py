@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from app.settings import Settings
-from bench import backoff, cl_stream, false_alarms, long_stream, speed, tables, tune
+from bench import backoff, cl_stream, false_alarms, long_stream, memory, speed, tables, tune
 from bench.data import DEV_PER_TASK, read_scoring, read_train
 from learner.forgetting import task_metrics
 from learner.online import Example
@@ -258,3 +258,17 @@ def test_false_alarms_counts_none_for_a_frozen_model_and_catches_a_forgotten_lab
     assert scenarios["frozen"]["paired"]["alarms"] == 0
     assert scenarios["frozen"]["before"]["alarms"] > 0
     assert scenarios["flip"]["paired"]["detected"] == 2 and scenarios["flip"]["paired"]["false_alarms"] == 0
+
+
+def test_memory_measures_each_allocator_in_a_process_of_its_own(tmp_path: Path, cl_stream_dir: Path) -> None:
+    out = tmp_path / "memory.json"
+    memory.main(["--quick", "--steps", "3", "--rounds", "1", "--out", str(out)])
+    result = json.loads(out.read_text())
+    variants = result["variants"]
+    assert set(variants) | set(result["unavailable"]) == set(memory.VARIANTS)
+    assert variants["glibc"]["peak_vs_glibc"] == 1.0
+    for figures in variants.values():
+        assert figures["peak_rss_mb"] >= figures["end_rss_mb"] > 0 and figures["median_step_s"] > 0
+    runs = result["runs"]
+    assert not any(run["tcmalloc_loaded"] for run in runs["glibc"])
+    assert all(run["tcmalloc_loaded"] for run in runs.get("tcmalloc", []))

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.main import create_app
 from app.settings import Settings, env_name, load_settings
+from bench import memory
 from bench.service import serving
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ RETENTIVE = {
 }
 APIS = {name: service for name, service in RETENTIVE.items() if "serve" in service["command"]}
 # What a container needs beyond the README's install path: a user to run as, and a data directory it owns.
-CONTAINER_COMMANDS = {"useradd", "mkdir", "chown"}
+CONTAINER_COMMANDS = {"useradd", "mkdir", "chown", "apt-get", "rm"}
 SETTING_NAMES = {env_name(name) for name in Settings.model_fields}
 # Values for compose's ${NAME:?...} variables, as a user would give them.
 USER_VARIABLES = {"RETENTIVE_API_KEYS": "admin-key:admin;app-key:predict,feedback"}
@@ -228,3 +229,10 @@ def test_the_image_healthcheck_passes_while_the_service_is_ready_and_fails_after
         assert httpx.get(f"{base}/readyz").status_code == 200
     gone = subprocess.run(probe, env={"RETENTIVE_PORT": port}, capture_output=True, check=False)
     assert gone.returncode != 0
+
+
+def test_the_image_preloads_the_allocator_that_bench_memory_measures() -> None:
+    assert image_env()["LD_PRELOAD"] == memory.TCMALLOC
+    installs = [words for words in run_commands() if words[:2] == ["apt-get", "install"]]
+    assert any(word.startswith("libtcmalloc-minimal4=") for words in installs for word in words), installs
+    assert ["rm", "-rf", "/var/lib/apt/lists/*"] in run_commands(), "the package lists stay out of the image"

@@ -1,0 +1,134 @@
+"""Peak memory of the learner, and how much of it is the memory allocator's.
+
+    python -m bench.memory [--steps 12] [--rounds 2] [--quick] [--out bench/results/memory.json]
+
+Each variant runs in a fresh process, since a process picks its allocator when it starts: the default model
+and the default strategy learn `--steps` micro-batches of long reviews (every text at the 128-token limit,
+plus the replayed ones), then save a snapshot, and the process reports its peak resident memory (VmHWM),
+its resident memory at the end and its median step time. Variants, run in turn for `--rounds` rounds:
+
+- `glibc`: the C library's malloc, what a plain `pip install` gets;
+- `tcmalloc`: `libtcmalloc_minimal.so.4` preloaded (`LD_PRELOAD`), as the container image does, where it is
+  installed (Debian: `apt-get install libtcmalloc-minimal4`). Activations change size with every batch's
+  length, and glibc's arenas keep much of what a step freed.
+
+Peak memory is compared as a ratio to `glibc`'s, and so is step time (rounds alternate, so load from
+elsewhere falls on both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.data import read_split
+from bench.meta import run_metadata
+from learner.encoder import default_model_path, load_encoder, tiny_bert
+from learner.online import Example, LearnerConfig, OnlineLearner
+from learner.snapshots import SnapshotStore
+
+TCMALLOC = "libtcmalloc_minimal.so.4"
+VARIANTS = {"glibc": {}, "tcmalloc": {"LD_PRELOAD": TCMALLOC}}
+
+
+def child(steps: int, quick: bool) -> dict[str, Any]:
+    """Learn `steps` micro-batches in this process; its peak and final memory and median step time."""
+    torch.set_num_threads(1)
+    tokenizer, encoder = tiny_bert() if quick else load_encoder(default_model_path())
+    learner = OnlineLearner(tokenizer, encoder, LearnerConfig())
+    records = [r for r in read_split("yelp", "train", 2000) if len(r["text"]) > 1500]
+    times = []
+    for step in range(steps):
+        batch = records[step * 16 : (step + 1) * 16]
+        began = time.perf_counter()
+        learner.learn([Example(r["text"], r["label"]) for r in batch])
+        times.append(time.perf_counter() - began)
+    with tempfile.TemporaryDirectory(prefix="retentive-memory-") as scratch:
+        learner.save(SnapshotStore(Path(scratch)))
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    preloaded = TCMALLOC in Path("/proc/self/maps").read_text()
+    return {
+        "peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024,
+        "end_rss_mb": int(status["VmRSS"].split()[0]) / 1024,
+        # The first steps allocate the optimizer's state: the rest are the steady state.
+        "median_step_s": statistics.median(times[2:] or times),
+        "tcmalloc_loaded": preloaded,
+    }
+
+
+def run_variant(name: str, steps: int, quick: bool) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "bench.memory", "--child", "--steps", str(steps), *(["--quick"] * quick)]
+    env = {**os.environ, **VARIANTS[name]}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def available() -> list[str]:
+    """The variants this machine can run: tcmalloc only where its library is installed."""
+    return [name for name in VARIANTS if name != "tcmalloc" or ctypes.util.find_library("tcmalloc_minimal")]
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    figures = {
+        name: {
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in listed),
+            "end_rss_mb": statistics.median(r["end_rss_mb"] for r in listed),
+            "median_step_s": statistics.median(r["median_step_s"] for r in listed),
+        }
+        for name, listed in runs.items()
+    }
+    reference = figures["glibc"]
+    for values in figures.values():
+        values["peak_vs_glibc"] = values["peak_rss_mb"] / reference["peak_rss_mb"]
+        values["step_vs_glibc"] = values["median_step_s"] / reference["median_step_s"]
+    return figures
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="tiny model, a few steps (a smoke run)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/memory.json"))
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.steps, args.quick)))
+        return {}
+    torch.set_num_threads(1)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in available()}
+    for round_ in range(args.rounds):
+        for name in runs:
+            print(f"round {round_ + 1}: {name} ...", flush=True)
+            runs[name].append(run_variant(name, args.steps, args.quick))
+    result = {
+        **run_metadata("bench.memory", argv),
+        "model": "tiny" if args.quick else "all-MiniLM-L6-v2",
+        "steps": args.steps,
+        "strategy": LearnerConfig().strategy,
+        "variants": summarize(runs),
+        "unavailable": [name for name in VARIANTS if name not in runs],
+        "runs": runs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["variants"], indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
