@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from app.settings import Settings
-from learner.devices import describe, resolve_device
+from learner.devices import describe, resolve_device, resolve_precision
 from learner.encoder import load_encoder, looks_like_path, parameter_count
 from streams.connection import connect, durability_warnings, embedded_dir, redacted, server_version
 
@@ -21,7 +21,10 @@ def doctor_report(settings: Settings) -> list[tuple[str, str]]:
     rows.append(("model parameters", f"{parameter_count(encoder) / 1e6:.1f}M ({type(encoder).__name__})"))
     rows.append(("torch", f"{torch.__version__}, {torch.get_num_threads()} threads available"))
     rows.append(("thread budget", f"api {settings.api_threads}, learner {settings.learner_threads}"))
-    rows.append(("learner device", f"{describe(resolve_device(settings.device))}, {settings.precision}"))
+    device = resolve_device(settings.device)
+    precision = resolve_precision(settings.precision, device)
+    chosen = f"{precision} (auto)" if settings.precision == "auto" else precision
+    rows.append(("learner device", f"{describe(device)}, {chosen}"))
     served = "int8 dynamic (RETENTIVE_SERVE_QUANTIZE)" if settings.serve_quantize else "fp32"
     rows.append(("api device", f"{describe(resolve_device(settings.serving_device()))}, {served}"))
     client = connect(settings.redis_url, settings.data_dir)

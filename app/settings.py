@@ -249,10 +249,10 @@ class Settings(BaseSettings):
     )
     precision: Precision = Field(
         _LEARNER.precision,
-        description="The learner's training forward: fp32, or bf16 autocast (the encoder's matrix products "
-        "in bfloat16; weights, optimizer state, the gate's magnitudes, the head, the loss and evaluations "
-        "stay float32). For devices with bfloat16 units (recent GPUs, CPUs with AVX512-BF16 or AMX); "
-        "where bfloat16 is emulated it can be slower than fp32.",
+        description="The learner's training forward: fp32, bf16 autocast (the encoder's matrix products in "
+        "bfloat16; weights, optimizer state, the gate's magnitudes, the head, the loss and evaluations stay "
+        "float32), or auto: bf16 where the device has bfloat16 units (recent GPUs, CPUs with AVX512-BF16 or "
+        "AMX), fp32 elsewhere, where emulated bfloat16 can be slower than float32.",
     )
     api_device: str = Field(
         "auto", description=f"Where an API replica predicts: {DEVICE_CHOICES}, as RETENTIVE_DEVICE."

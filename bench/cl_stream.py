@@ -260,6 +260,7 @@ def run_stream(
         "loss": run.config.loss,
         "head": run.config.head,
         "settings": {key: getattr(run.config, key) for key in OVERRIDABLE},
+        "precision": learner.precision,
         "aa": metrics.aa,
         "forgetting": metrics.forgetting,
         "bwt": metrics.bwt,

@@ -277,6 +277,7 @@ def learner_throughput(
     like_bare = defaults.model_copy(
         update={
             "strategy": "sgd",
+            "precision": "fp32",
             "head": "linear",
             "lr": BARE_LR,
             "head_lr": BARE_HEAD_LR,

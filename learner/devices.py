@@ -6,8 +6,10 @@ CPU replica unchanged. Each device has its own random generator, saved and resto
 that a resumed run repeats exactly on the device it ran on.
 
 The precision of a training step's encoder forward is `fp32` or `bf16` (autocast: the matrix products in
-bfloat16, which needs no loss scaling). Weights, optimizer state, the gate's magnitudes, the head, the loss
-and every evaluation stay float32, so a bf16 learner's snapshot is the same kind of file as any other.
+bfloat16, which needs no loss scaling); `auto` takes bf16 where the device multiplies bfloat16 natively and
+fp32 elsewhere, where emulated bfloat16 can be slower than float32. Weights, optimizer state, the gate's
+magnitudes, the head, the loss and every evaluation stay float32, so a bf16 learner's snapshot is the same
+kind of file as any other.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16"]
 
 CHOICES = "auto, cpu, cuda, cuda:N or mps"
 _FORM = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -73,6 +75,24 @@ def describe(device: torch.device) -> str:
         return "mps (Apple GPU, memory shared with the CPU)"
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return f"cpu ({os.cpu_count()} cores, {memory / 2**30:.1f} GiB)"
+
+
+def resolve_precision(precision: Precision, device: torch.device) -> Precision:
+    """`fp32` or `bf16`: `auto` is bf16 where `device` has bfloat16 units, fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    return "bf16" if has_bf16_units(device) else "fp32"
+
+
+def has_bf16_units(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 natively: a GPU with bf16 units, a CPU with AVX512-BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        # torch's own CPU feature checks; private, so a torch without them counts as no units.
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return False
 
 
 def autocast(device: torch.device, precision: Precision) -> AbstractContextManager[None]:

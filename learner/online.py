@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from learner.classifier import HeadKind, Prediction, TextClassifier
-from learner.devices import Precision, autocast, resolve_device, rng_state, set_rng_state
+from learner.devices import Precision, autocast, resolve_device, resolve_precision, rng_state, set_rng_state
 from learner.forgetting import Alarm, ForgettingTracker
 from learner.losses import LossKind, classification_loss
 from learner.optimizer_state import (
@@ -125,6 +125,7 @@ class OnlineLearner:
             max_labels=self.config.max_labels,
             imprint=self.config.imprint,
         ).to(resolve_device(self.config.device))
+        self.precision = resolve_precision(self.config.precision, self.model.device)
         context = StrategyContext(self.model, self.config, self.rng)
         self.strategy = make_strategy(self.config.strategy, context)
         self.probes = ProbeRegistry(
@@ -289,7 +290,7 @@ class OnlineLearner:
         batch = self.model.tokenize(all_texts)
         with (
             self.strategy.measuring(batch["attention_mask"]),
-            autocast(self.model.device, self.config.precision),
+            autocast(self.model.device, self.precision),
         ):
             embeddings = self.model.embed(batch)
         # The head, imprinting and the loss take float32 whatever the encoder's precision.

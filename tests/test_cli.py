@@ -54,7 +54,9 @@ def test_doctor_with_embedded_redis_reports_real_values(tmp_path: Path) -> None:
     assert re.match(r"embedded, files in .*\(server 6\.\d+\.\d+\)", report["redis"])
     assert re.match(r"\d+\.\d+\.\d+.*\d+ threads available", report["torch"])
     assert "22.7M" in result.stdout
-    assert re.search(r"learner device\s+(cpu \(\d+ cores, [\d.]+ GiB\)|cuda.*GiB\)), fp32", result.stdout)
+    assert re.search(
+        r"learner device\s+(cpu \(\d+ cores, [\d.]+ GiB\)|cuda.*GiB\)), (fp32|bf16)", result.stdout
+    )
     assert f"data dir          {tmp_path}" in result.stdout
     assert "warning" not in result.stdout, "the embedded Redis persists every write and evicts nothing"
 

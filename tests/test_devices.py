@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from app.serving import ModelHolder
-from learner.devices import Precision, resolve_device
+from learner.devices import Precision, has_bf16_units, resolve_device, resolve_precision
 from learner.encoder import tiny_bert
 from learner.online import Example, LearnerConfig, OnlineLearner
 from learner.snapshots import SnapshotStore
@@ -143,3 +143,15 @@ def test_a_bf16_learner_answers_as_a_float32_one_does() -> None:
     answers = {precision: learner.predict(texts) for precision, learner in learners.items()}
     assert [p.label for p in answers["bf16"]] == [p.label for p in answers["fp32"]]
     assert [p.score for p in answers["bf16"]] == pytest.approx([p.score for p in answers["fp32"]], abs=0.05)
+
+
+def test_auto_precision_is_bf16_exactly_where_the_device_has_bfloat16_units() -> None:
+    cpu = resolve_device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    learner = learner_on("cpu", "auto")
+    assert learner.precision == ("bf16" if has_bf16_units(cpu) else "fp32")
+    dtypes: list[torch.dtype] = []
+    layer = learner.model.encoder.encoder.layer[0].output.dense
+    layer.register_forward_hook(lambda _module, _inputs, output: dtypes.append(output.dtype))
+    learner.learn(next(batches()))
+    assert dtypes == [torch.bfloat16 if learner.precision == "bf16" else torch.float32]

@@ -90,6 +90,6 @@ def test_a_mixing_window_smaller_than_a_micro_batch_is_refused_with_the_fix() ->
 def test_the_precision_reaches_the_learner_and_an_unknown_one_is_refused_with_the_choices() -> None:
     assert load_settings(precision="bf16").learner_config().precision == "bf16"
     with pytest.raises(
-        ConfigError, match=r"RETENTIVE_PRECISION: Input should be 'fp32' or 'bf16' \(got 'fp16'\)"
+        ConfigError, match=r"RETENTIVE_PRECISION: Input should be 'auto', 'fp32' or 'bf16' \(got 'fp16'\)"
     ):
         load_settings(precision="fp16")
