@@ -64,6 +64,7 @@ def child(steps: int, quick: bool) -> dict[str, Any]:
         # The first steps allocate the optimizer's state: the rest are the steady state.
         "median_step_s": statistics.median(times[2:] or times),
         "tcmalloc_loaded": preloaded,
+        "precision": learner.precision,
     }
 
 

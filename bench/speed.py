@@ -60,7 +60,7 @@ from bench.quantized import forward_ms, quantized_figures
 from bench.service import eventually, save_tiny_model, serving
 from bench.step_speed import step_times
 from learner.classifier import TextClassifier
-from learner.devices import describe, resolve_device
+from learner.devices import describe, resolve_device, resolve_precision
 from learner.encoder import default_model_path, load_encoder, mean_pool
 from learner.online import Example, LearnerConfig, OnlineLearner
 from learner.snapshots import SnapshotStore
@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "learner": describe(resolve_device(defaults.device)),
             "api": describe(resolve_device(defaults.serving_device())),
         },
+        "precision": resolve_precision(defaults.precision, resolve_device(defaults.device)),
         "learner_vs_bare": learner["ratio"],
         "default_vs_bare": learner["default_vs_bare"],
         "migu_vs_sgd_step": migu_ratio,

@@ -113,6 +113,7 @@ def test_speed_quick_measures_every_figure_against_its_reference(tmp_path: Path,
     p50_ratio = result["predict_p50_ms"] / result["bare_forward_ms"]
     assert result["predict_p50_vs_bare"] == pytest.approx(p50_ratio)
     assert result["devices"]["learner"].startswith("cpu") and result["devices"]["api"].startswith("cpu")
+    assert result["precision"] in ("fp32", "bf16")
     service = result["details"]["service"]
     assert service["requests_learning"] > 0 and service["requests_paused"] > 0
     learner = result["details"]["learner"]
