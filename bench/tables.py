@@ -16,6 +16,7 @@ import json
 import statistics
 from pathlib import Path
 from statistics import mean
+from typing import Any
 
 from bench import long_stream
 
@@ -24,6 +25,7 @@ ARRIVAL_DIR = RESULTS / "arrival"
 DEFAULT_ARRIVAL_DIR = RESULTS / "arrival_default"
 LONG_DIR = RESULTS / "long"
 ORDERS_DIR = RESULTS / "orders"
+PRECISION_DIR = RESULTS / "precision"
 ORDERS = ("order1", "order2", "order3")
 TUNING_DIR = RESULTS / "tuning"
 # Student's t at 97.5% for 1 to 9 degrees of freedom: a 95% interval of a mean over 2 to 10 seeds.
@@ -94,7 +96,7 @@ def interval(values: list[float]) -> float:
     return T_975[len(values) - 2] * statistics.stdev(values) / len(values) ** 0.5
 
 
-def difference(name: str, other: str, by_seed: dict[str, dict[int, float]]) -> str:
+def difference(name: str, other: str, by_seed: dict[str, dict[Any, float]]) -> str:
     """The paired difference of AA between two strategies over the seeds both ran, and what it means."""
     seeds = sorted(by_seed[name].keys() & by_seed[other].keys())
     gaps = [100 * (by_seed[name][seed] - by_seed[other][seed]) for seed in seeds]
@@ -262,6 +264,55 @@ def orders() -> str:
     return "\n\n".join([*parts, within_task_table(every_file, tuned)])
 
 
+def _default_rows(files: list[Path], spec: str) -> dict[str, dict[int, dict]]:
+    """The rows of `spec` in `files`, by order and seed."""
+    rows: dict[str, dict[int, dict]] = {}
+    for path in files:
+        result = json.loads(path.read_text())
+        if spec in result["strategies"]:
+            rows.setdefault(result["order"], {})[result["config"]["seed"]] = result["strategies"][spec]
+    return rows
+
+
+def precision() -> str:
+    """The default strategy with its encoder forward in bf16 against fp32, on the same orders and seeds."""
+    spec = json.loads((TUNING_DIR / "long.json").read_text())["chosen"]["migu+replay"]
+    fp32 = _default_rows(sorted(ORDERS_DIR.glob("*.json")), spec)
+    bf16 = _default_rows(sorted(PRECISION_DIR.glob("*.json")), f"{spec}@precision=bf16")
+    rows = [
+        "| order | seeds | AA, fp32 | AA, bf16 | prequential accuracy, fp32 | prequential accuracy, bf16 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    lines, every = [], {"fp32": {}, "bf16": {}}
+    for order in ORDERS:
+        seeds = sorted(fp32.get(order, {}).keys() & bf16.get(order, {}).keys())
+        if not seeds:
+            continue
+        pair = {"fp32": fp32[order], "bf16": bf16[order]}
+        cells = [mean_sd([pair[name][seed]["aa"] for seed in seeds]) for name in pair]
+        cells += [mean_sd([pair[name][seed]["prequential"]["cumulative"] for seed in seeds]) for name in pair]
+        rows.append(f"| {order} | {len(seeds)} | " + " | ".join(cells) + " |")
+        by_seed = {name: {seed: pair[name][seed]["aa"] for seed in seeds} for name in pair}
+        lines.append(f"- {order}: {difference('bf16', 'fp32', by_seed)}")
+        for name in pair:
+            every[name].update({(order, seed): by_seed[name][seed] for seed in seeds})
+    lines.append(f"- every order: {difference('bf16', 'fp32', every)}")
+    return _precision_on_dev(spec) + "\n\n" + "\n".join(rows) + "\n\n" + "\n".join(lines)
+
+
+def _precision_on_dev(spec: str) -> str:
+    """The comparison the default was chosen by: both precisions on the long stream's dev split."""
+    result = json.loads((TUNING_DIR / "precision_dev_seed0.json").read_text())
+    aa = {
+        precision: result["strategies"][f"{spec}@precision={precision}"]["aa"]
+        for precision in ("fp32", "bf16")
+    }
+    return (
+        f"Dev AA on the long stream (seed {result['config']['seed']}, `{spec}`): fp32 {aa['fp32']:.3f}, "
+        f"bf16 {aa['bf16']:.3f}."
+    )
+
+
 def arrival() -> str:
     service = json.loads((RESULTS / "arrival_service.json").read_text())
     streams = [sorted(folder.glob("*.json")) for folder in (DEFAULT_ARRIVAL_DIR, ARRIVAL_DIR)]
@@ -364,17 +415,27 @@ def speed_table(result: dict) -> str:
 
 def measured_alone_table() -> str:
     """The figures `bench.speed --only ...`, `bench.step_speed` and `bench.backoff` measure on their own."""
-    step = _result("step_speed")
+    step, bf16 = _result("step_speed"), _result("step_speed_bf16")
+    default = next(iter(bf16["median_step_s"]))
     share = _result("eval_share")["details"]["evaluation"]
     quantized = _result("quantized")["details"]["quantized"]
     after, before = _result("backoff"), _result("backoff_before")
     batching = _result("predict_batching")
+    memory = _result("memory")
+    glibc, tcmalloc = memory["variants"]["glibc"], memory["variants"]["tcmalloc"]
     figures = [
         (
             "`migu` step, batch 16 at 128 tokens",
             f"{step['median_step_s']['migu']:.3f} s ({step['ratio_to_sgd']['migu']:.2f}x)",
-            f"plain AdamW step: {step['median_step_s']['sgd']:.3f} s ({step['torch_threads']} threads)",
+            f"plain AdamW step: {step['median_step_s']['sgd']:.3f} s ({_threads(step)})",
             "step_speed",
+        ),
+        (
+            f"`{default}` step, encoder forward in bf16",
+            f"{bf16['median_step_s'][default + '@precision=bf16']:.3f} s "
+            f"({bf16['ratio_to_' + default][default + '@precision=bf16']:.2f}x)",
+            f"fp32 step: {bf16['median_step_s'][default]:.3f} s ({_threads(bf16)})",
+            "step_speed_bf16",
         ),
         (
             "probe evaluation, share of the learner's time",
@@ -418,11 +479,23 @@ def measured_alone_table() -> str:
             f"forward passes of {batching['max_batch']}: {batching['texts_per_s']['chunked']:.1f}",
             "predict_batching",
         ),
+        (
+            f"learner's peak memory, `{memory['strategy']}`, {memory['steps']} steps and a snapshot",
+            f"tcmalloc: {tcmalloc['peak_rss_mb']:,.0f} MB ({tcmalloc['peak_vs_glibc']:.2f}x), "
+            f"step time {tcmalloc['step_vs_glibc']:.2f}x",
+            f"glibc malloc: {glibc['peak_rss_mb']:,.0f} MB",
+            "memory",
+        ),
     ]
     rows = ["| figure | measured | reference | file |", "|---|---:|---|---|"]
     for figure, measured, reference, name in figures:
         rows.append(f"| {figure} | {measured} | {reference} | `{name}.json` |")
     return "\n".join(rows)
+
+
+def _threads(result: dict) -> str:
+    count = result["torch_threads"]
+    return f"{count} thread" + ("s" if count != 1 else "")
 
 
 def _result(name: str) -> dict:
@@ -457,7 +530,14 @@ def alarms() -> str:
     return "\n".join(lines)
 
 
-TABLES = {"alarms": alarms, "arrival": arrival, "long": long, "speed": speed}
+TABLES = {
+    "alarms": alarms,
+    "arrival": arrival,
+    "long": long,
+    "orders": orders,
+    "precision": precision,
+    "speed": speed,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
