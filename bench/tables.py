@@ -3,6 +3,7 @@
     python -m bench.tables arrival     # the tables of the README's "Feedback as people send it"
     python -m bench.tables long        # "The long stream": settings chosen on dev, three seeds on test
     python -m bench.tables orders      # "The four-task orders": the long stream's choices, three seeds
+    python -m bench.tables precision   # "Training in bfloat16": bf16 against fp32 on the orders' seeds
     python -m bench.tables alarms      # "Forgetting alarms": false alarms and detection
     python -m bench.tables speed       # "Speed against the limits": bench.speed and what is measured alone
 
