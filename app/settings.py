@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     loss: Literal["ce", "ace"] = Field(
         _LEARNER.loss,
         description="ce: cross-entropy over all labels; ace: over the labels in each micro-batch only "
-        "(new labels do not push old ones down; a one-label batch teaches nothing).",
+        "(new labels do not push old ones down); a batch of one label competes with the replayed ones.",
     )
     head: Literal["linear", "cosine"] = Field(
         _LEARNER.head, description="Classifier head: linear, or cosine-normalised with a learned scale."
@@ -114,6 +114,12 @@ class Settings(BaseSettings):
     replay_size: int = Field(_LEARNER.replay_size, ge=0, description="Examples kept in the replay reservoir.")
     replay_ratio: float = Field(
         _LEARNER.replay_ratio, ge=0, le=4, description="Replayed examples per incoming example in a step."
+    )
+    recent_size: int = Field(
+        _LEARNER.recent_size,
+        ge=0,
+        description="Recent examples kept to compete with a micro-batch that holds one label (a file sorted "
+        "by label); 0: such a step replays from the reservoir alone.",
     )
     probe_fraction: float = Field(
         _LEARNER.probe_fraction,

@@ -83,6 +83,7 @@ OVERRIDABLE = {
     "gate_warmup": int,
     "replay_size": int,
     "replay_ratio": float,
+    "recent_size": int,
     "weight_decay": float,
     "precision": str,
 }

@@ -1,8 +1,10 @@
-"""Reservoir experience replay: a fixed-size, uniform sample of everything the stream has trained on."""
+"""Experience replay: a reservoir (a fixed-size, uniform sample of everything the stream has trained on) and
+the most recent examples, which give a step that holds one label its competition."""
 
 from __future__ import annotations
 
 import random
+from collections import deque
 from typing import Any
 
 
@@ -38,3 +40,37 @@ class ReservoirBuffer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.items = [(text, label) for text, label in state["items"]]
         self.seen = int(state["seen"])
+
+
+class RecentExamples:
+    """The last `capacity` examples trained on, oldest first: the labels the stream has just been teaching.
+
+    A file sorted by label reaches the learner one label per micro-batch; against the reservoir (mostly
+    older labels) such a step pushes its label up over the past, not over the labels it sits beside. Drawing
+    its competition from the recent examples of other labels restores that contest, as a shuffled file
+    would have it, without waiting for the file to be read whole (README, "Feedback as people send it")."""
+
+    def __init__(self, capacity: int, rng: random.Random) -> None:
+        if capacity < 0:
+            raise ValueError(f"recent capacity must be >= 0, got {capacity}")
+        self.items: deque[tuple[str, str]] = deque(maxlen=capacity)
+        self._rng = rng
+
+    def add(self, text: str, label: str) -> None:
+        if self.items.maxlen:
+            self.items.append((text, label))
+
+    def others(self, label: str, count: int) -> list[tuple[str, str]]:
+        """Up to `count` recent examples of labels other than `label`."""
+        candidates = [item for item in self.items if item[1] != label]
+        return self._rng.sample(candidates, min(count, len(candidates)))
+
+    def drop_labels(self, labels: set[str]) -> None:
+        kept = [item for item in self.items if item[1] not in labels]
+        self.items = deque(kept, maxlen=self.items.maxlen)
+
+    def state_dict(self) -> list[list[str]]:
+        return [list(item) for item in self.items]
+
+    def load_state_dict(self, state: list[list[str]]) -> None:
+        self.items = deque(((text, label) for text, label in state), maxlen=self.items.maxlen)

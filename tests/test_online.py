@@ -104,6 +104,21 @@ def test_replay_mixes_old_examples_into_new_batches() -> None:
     assert {label for _, label in buffer.items} == {"sports", "finance"}
 
 
+def test_a_step_of_one_label_competes_with_the_recent_examples_of_other_labels() -> None:
+    learner = make_learner(strategy="replay", replay_size=0, replay_ratio=0.5, recent_size=6)
+    learner.train_step(SPORTS[:4], ["sports"] * 4)
+    learner.train_step(FINANCE[:4], ["finance"] * 4)
+
+    texts, labels = learner.strategy.batch(WEATHER[:4], ["weather"] * 4)
+    assert texts[:4] == WEATHER[:4]
+    assert len(texts) == 6 and set(labels[4:]) <= {"sports", "finance"}
+    assert set(texts[4:]) <= set(SPORTS[2:4] + FINANCE[:4]), "only the last six examples are recent"
+    texts, labels = learner.strategy.batch(SPORTS[4:6], ["sports"] * 2)
+    assert labels[2:] == ["finance"], "a step's own label is no competition"
+    mixed, _ = learner.strategy.batch(WEATHER[:2] + SPORTS[4:6], ["weather"] * 2 + ["sports"] * 2)
+    assert mixed == WEATHER[:2] + SPORTS[4:6], "a step that holds two labels has its own competition"
+
+
 def test_held_out_examples_become_probes_and_never_train() -> None:
     # Sets of one example, one per window: each is full at once, so frozen and evaluated.
     learner = make_learner(probe_fraction=0.3, eval_every=1, probe_size=1, probe_window=1)
@@ -119,7 +134,10 @@ def test_held_out_examples_become_probes_and_never_train() -> None:
     assert all(0.0 <= probe["accuracy"] <= 1.0 for probe in forgetting["probes"])
 
 
-STREAM = [(SPORTS[i % 8], "sports") if i % 3 else (FINANCE[i % 8], "finance") for i in range(48)]
+MIXED = [(SPORTS[i % 8], "sports") if i % 3 else (FINANCE[i % 8], "finance") for i in range(24)]
+# The second half as a file sorted by label: its steps draw on the recent examples, which resume must keep.
+SORTED = [(SPORTS[i], "sports") for i in range(8)] + [(FINANCE[i], "finance") for i in range(8)]
+STREAM = MIXED + SORTED + [(WEATHER[i], "weather") for i in range(8)]
 
 
 def train_range(learner: OnlineLearner, start: int, stop: int) -> None:
