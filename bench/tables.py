@@ -58,33 +58,42 @@ def arrival_service_table(result: dict) -> str:
     return "\n".join(rows)
 
 
+def recent_size(row: dict) -> int:
+    """The run's RETENTIVE_RECENT_SIZE; runs made before the setting existed had none (0)."""
+    return row["settings"].get("recent_size", 0)
+
+
 def arrival_stream_table(files: list[Path]) -> str:
-    """One row per order, arrival and mixing window: AA, forgetting and prequential accuracy over seeds, and
-    AA against `batched` on the same order with the same seed."""
-    by_arrival: dict[tuple[str, str, int], list[dict]] = {}
+    """One row per order, arrival, mixing window and recent size: AA, forgetting and prequential accuracy
+    over seeds, and AA against `batched` on the same order with the same seed. A batched stream has no step
+    of one label, so the recent examples play no part in it (shown as n/a)."""
+    by_arrival: dict[tuple[str, str, int, int], list[dict]] = {}
     for path in files:
         result = json.loads(path.read_text())
         window = result["config"].get("window", 0)
         for row in result["strategies"].values():
-            runs = by_arrival.setdefault((result["order"], row["arrival"], window), [])
+            recent = -1 if row["arrival"] == "batched" else recent_size(row)
+            runs = by_arrival.setdefault((result["order"], row["arrival"], window, recent), [])
             runs.append({**row, "seed": result["config"]["seed"]})
     batched = {
         (order, row["seed"]): row["aa"]
-        for (order, arrival, _), runs in by_arrival.items()
+        for (order, arrival, *_), runs in by_arrival.items()
         if arrival == "batched"
         for row in runs
     }
     rows = [
-        "| order | arrival | mixing window | seeds | AA | forgetting | prequential accuracy "
-        "| AA / batched AA |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| order | arrival | mixing window | recent examples | seeds | AA | forgetting "
+        "| prequential accuracy | AA / batched AA |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     arrivals = ("batched", "trickle", "sorted", "bursty")
-    for order, arrival, window in sorted(by_arrival, key=lambda k: (k[0], arrivals.index(k[1]), k[2])):
-        runs = sorted(by_arrival[(order, arrival, window)], key=lambda row: row["seed"])
+    for key in sorted(by_arrival, key=lambda k: (k[0], arrivals.index(k[1]), k[2], k[3])):
+        order, arrival, window, recent = key
+        runs = sorted(by_arrival[key], key=lambda row: row["seed"])
         ratios = [row["aa"] / batched[order, row["seed"]] for row in runs if (order, row["seed"]) in batched]
         rows.append(
-            f"| {order} | {arrival} | {window or 'none'} | {len(runs)} | {mean_sd([r['aa'] for r in runs])} "
+            f"| {order} | {arrival} | {window or 'none'} | {'n/a' if recent < 0 else recent} | {len(runs)} "
+            f"| {mean_sd([r['aa'] for r in runs])} "
             f"| {mean_sd([r['forgetting'] for r in runs])} "
             f"| {mean_sd([r['prequential']['cumulative'] for r in runs])} "
             f"| {mean_sd(ratios) if ratios else 'n/a'} |"
@@ -318,23 +327,43 @@ def arrival() -> str:
     service = json.loads((RESULTS / "arrival_service.json").read_text())
     streams = [sorted(folder.glob("*.json")) for folder in (DEFAULT_ARRIVAL_DIR, ARRIVAL_DIR)]
     tables = [arrival_service_table(service), *map(arrival_stream_table, streams)]
-    return "\n\n".join([*tables, window_differences(streams[0])])
+    return "\n\n".join([*tables, arrival_differences(streams[0]), recent_size_on_dev()])
 
 
-def window_differences(files: list[Path]) -> str:
-    """For each order, a sorted stream learned with each mixing window against the same without one."""
+def recent_size_on_dev() -> str:
+    """The dev AA `RETENTIVE_RECENT_SIZE` was chosen by, per arrival it was searched on."""
+    lines = []
+    for arrival in ("sorted", "trickle"):
+        tuned = json.loads((TUNING_DIR / f"recent_{arrival}.json").read_text())
+        points = ", ".join(
+            f"{spec.rsplit('=', 1)[1]}: {statistics.mean(scores):.3f}"
+            for spec, scores in tuned["dev_aa"].items()
+        )
+        seeds = ", ".join(map(str, tuned["seeds"]))
+        lines.append(f"- dev AA by recent examples, {tuned['order']} {arrival} (seed {seeds}): {points}")
+    return "\n".join(lines)
+
+
+def arrival_differences(files: list[Path]) -> str:
+    """On each order, a stream learned with a mixing window or recent examples against the same arrival
+    learned with neither."""
     by_seed: dict[str, dict[int, float]] = {}
+    baselines: dict[str, str] = {}
     for path in files:
         result = json.loads(path.read_text())
+        window = result["config"].get("window", 0)
         for row in result["strategies"].values():
-            if row["arrival"] == "sorted":
-                name = f"{result['order']} sorted, window {result['config'].get('window') or 'none'}"
-                by_seed.setdefault(name, {})[result["config"]["seed"]] = row["aa"]
-    lines = []
-    for name in sorted(by_seed):
-        baseline = name.rsplit(",", 1)[0] + ", window none"
-        if name != baseline and baseline in by_seed:
-            lines.append(f"- {difference(name, baseline, by_seed)}")
+            if row["arrival"] == "batched":
+                continue
+            name, recent = f"{result['order']} {row['arrival']}", recent_size(row)
+            labelled = f"{name}, window {window or 'none'}, recent {recent}"
+            by_seed.setdefault(labelled, {})[result["config"]["seed"]] = row["aa"]
+            baselines[labelled] = f"{name}, window none, recent 0"
+    lines = [
+        f"- {difference(name, baselines[name], by_seed)}"
+        for name in sorted(by_seed)
+        if name != baselines[name] and baselines[name] in by_seed
+    ]
     return "\n".join(lines)
 
 

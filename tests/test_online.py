@@ -338,6 +338,7 @@ def test_an_operator_removes_a_label_and_learning_goes_on_without_it(tmp_path: P
         learner.optimizer.state[learner.model.head.weight]["exp_avg"], moments[kept_rows]
     )
     assert all(label != "spam" for _, label in learner.strategy.buffer.items)
+    assert all(label != "spam" for _, label in learner.strategy.recent.items), "nor does it compete any more"
     assert not any(":spam:" in probe.name for probe in learner.probes.probes())
     assert {p.label for p in learner.predict(junk + SPORTS)} <= {"sports", "finance"}
     learner.learn([Example(SPORTS[0], "sports"), Example(FINANCE[0], "finance")])  # steps go on
