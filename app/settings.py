@@ -121,6 +121,13 @@ class Settings(BaseSettings):
         description="Recent examples kept to compete with a micro-batch that holds one label (a file sorted "
         "by label); 0: such a step replays from the reservoir alone.",
     )
+    recent_ratio: float = Field(
+        _LEARNER.recent_ratio,
+        ge=0,
+        le=8,
+        description="Recent examples of other labels drawn per incoming example in a micro-batch that holds "
+        "one label.",
+    )
     probe_fraction: float = Field(
         _LEARNER.probe_fraction,
         ge=0,

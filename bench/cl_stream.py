@@ -84,6 +84,7 @@ OVERRIDABLE = {
     "replay_size": int,
     "replay_ratio": float,
     "recent_size": int,
+    "recent_ratio": float,
     "weight_decay": float,
     "precision": str,
 }

@@ -61,6 +61,7 @@ class LearnerConfig:
     replay_size: int = 1000
     replay_ratio: float = 0.5
     recent_size: int = 1000
+    recent_ratio: float = 0.5
     max_length: int = 128
     max_labels: int = 10_000
     device: str = "auto"

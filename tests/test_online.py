@@ -105,7 +105,7 @@ def test_replay_mixes_old_examples_into_new_batches() -> None:
 
 
 def test_a_step_of_one_label_competes_with_the_recent_examples_of_other_labels() -> None:
-    learner = make_learner(strategy="replay", replay_size=0, replay_ratio=0.5, recent_size=6)
+    learner = make_learner(strategy="replay", replay_size=0, recent_size=6, recent_ratio=0.5)
     learner.train_step(SPORTS[:4], ["sports"] * 4)
     learner.train_step(FINANCE[:4], ["finance"] * 4)
 
@@ -117,6 +117,18 @@ def test_a_step_of_one_label_competes_with_the_recent_examples_of_other_labels()
     assert labels[2:] == ["finance"], "a step's own label is no competition"
     mixed, _ = learner.strategy.batch(WEATHER[:2] + SPORTS[4:6], ["weather"] * 2 + ["sports"] * 2)
     assert mixed == WEATHER[:2] + SPORTS[4:6], "a step that holds two labels has its own competition"
+
+
+@pytest.mark.parametrize(
+    ("recent_ratio", "incoming", "drawn"), [(1.0, 3, 3), (2.0, 3, 6), (2.0, 1, 2), (0.5, 1, 1)]
+)
+def test_a_step_of_one_label_draws_recent_ratio_recent_examples_per_incoming_one(
+    recent_ratio: float, incoming: int, drawn: int
+) -> None:
+    learner = make_learner(strategy="replay", replay_size=0, recent_ratio=recent_ratio)
+    learner.train_step(SPORTS, ["sports"] * len(SPORTS))
+    _, labels = learner.strategy.batch(WEATHER[:incoming], ["weather"] * incoming)
+    assert labels[incoming:] == ["sports"] * drawn, "rounded up, so that one correction still competes"
 
 
 def test_held_out_examples_become_probes_and_never_train() -> None:

@@ -1,7 +1,8 @@
 """`replay`: every step also trains on examples drawn from a reservoir of everything trained on before,
 which keeps old labels competing in the head while new ones arrive. A step whose incoming examples hold one
-label (a correction posted alone, a file sorted by label) also draws as many recent examples of other labels
-(`learner.replay.RecentExamples`), so it teaches its label against the ones the stream sits among."""
+label (a correction posted alone, a file sorted by label) also draws `recent_ratio` recent examples of other
+labels per incoming one (`learner.replay.RecentExamples`), so it teaches its label against the ones the stream
+sits among."""
 
 from __future__ import annotations
 
@@ -23,14 +24,14 @@ class Replay(Strategy):
         self.buffer = ReservoirBuffer(context.config.replay_size, context.rng)
         self.recent = RecentExamples(context.config.recent_size, context.rng)
         self.ratio = context.config.replay_ratio
+        self.recent_ratio = context.config.recent_ratio
 
     def batch(self, texts: list[str], labels: list[str]) -> tuple[list[str], list[str]]:
         texts, labels = super().batch(texts, labels)
         # Rounded up, so that a single example still has company to compete with.
-        count = math.ceil(len(texts) * self.ratio)
-        replayed = self.buffer.sample(count)
+        replayed = self.buffer.sample(math.ceil(len(texts) * self.ratio))
         if len(set(labels)) == 1:
-            replayed += self.recent.others(labels[0], count)
+            replayed += self.recent.others(labels[0], math.ceil(len(texts) * self.recent_ratio))
         return texts + [text for text, _ in replayed], labels + [label for _, label in replayed]
 
     def learned(self, texts: list[str], labels: list[str]) -> None:
