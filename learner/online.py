@@ -61,7 +61,7 @@ class LearnerConfig:
     replay_size: int = 1000
     replay_ratio: float = 0.5
     recent_size: int = 1000
-    recent_ratio: float = 0.5
+    recent_ratio: float = 3.0
     max_length: int = 128
     max_labels: int = 10_000
     device: str = "auto"
