@@ -58,21 +58,36 @@ def arrival_service_table(result: dict) -> str:
     return "\n".join(rows)
 
 
-def recent_size(row: dict) -> int:
-    """The run's RETENTIVE_RECENT_SIZE; runs made before the setting existed had none (0)."""
-    return row["settings"].get("recent_size", 0)
+def recent_competition(row: dict) -> tuple[int, float]:
+    """The run's RETENTIVE_RECENT_SIZE and RETENTIVE_RECENT_RATIO (0 and 0 when off). Runs made before the
+    size existed had none; runs made before the ratio existed drew as many as they replayed."""
+    settings = row["settings"]
+    size = settings.get("recent_size", 0)
+    return (size, settings.get("recent_ratio", settings["replay_ratio"])) if size else (0, 0.0)
+
+
+def drawn_columns(size: int, ratio: float) -> str:
+    """The recent examples kept and drawn per incoming example, as two table cells."""
+    if size < 0:
+        return "n/a | n/a"
+    return f"{size} | {ratio:g}" if size else "0 | n/a"
+
+
+def recent_name(size: int, ratio: float) -> str:
+    return f"{size}, {ratio:g} per example" if size else "0"
 
 
 def arrival_stream_table(files: list[Path]) -> str:
-    """One row per order, arrival, mixing window and recent size: AA, forgetting and prequential accuracy
-    over seeds, and AA against `batched` on the same order with the same seed. A batched stream has no step
-    of one label, so the recent examples play no part in it (shown as n/a)."""
-    by_arrival: dict[tuple[str, str, int, int], list[dict]] = {}
+    """One row per order, arrival, mixing window and recent competition (examples kept, drawn per
+    incoming one): AA, forgetting and prequential accuracy over seeds, and AA against `batched` on the same
+    order with the same seed. A batched stream has no step of one label, so the recent examples play no part
+    in it (shown as n/a)."""
+    by_arrival: dict[tuple[str, str, int, tuple[int, float]], list[dict]] = {}
     for path in files:
         result = json.loads(path.read_text())
         window = result["config"].get("window", 0)
         for row in result["strategies"].values():
-            recent = -1 if row["arrival"] == "batched" else recent_size(row)
+            recent = (-1, 0.0) if row["arrival"] == "batched" else recent_competition(row)
             runs = by_arrival.setdefault((result["order"], row["arrival"], window, recent), [])
             runs.append({**row, "seed": result["config"]["seed"]})
     batched = {
@@ -82,9 +97,9 @@ def arrival_stream_table(files: list[Path]) -> str:
         for row in runs
     }
     rows = [
-        "| order | arrival | mixing window | recent examples | seeds | AA | forgetting "
+        "| order | arrival | mixing window | recent examples | drawn per example | seeds | AA | forgetting "
         "| prequential accuracy | AA / batched AA |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     arrivals = ("batched", "trickle", "sorted", "bursty")
     for key in sorted(by_arrival, key=lambda k: (k[0], arrivals.index(k[1]), k[2], k[3])):
@@ -92,7 +107,7 @@ def arrival_stream_table(files: list[Path]) -> str:
         runs = sorted(by_arrival[key], key=lambda row: row["seed"])
         ratios = [row["aa"] / batched[order, row["seed"]] for row in runs if (order, row["seed"]) in batched]
         rows.append(
-            f"| {order} | {arrival} | {window or 'none'} | {'n/a' if recent < 0 else recent} | {len(runs)} "
+            f"| {order} | {arrival} | {window or 'none'} | {drawn_columns(*recent)} | {len(runs)} "
             f"| {mean_sd([r['aa'] for r in runs])} "
             f"| {mean_sd([r['forgetting'] for r in runs])} "
             f"| {mean_sd([r['prequential']['cumulative'] for r in runs])} "
@@ -327,42 +342,53 @@ def arrival() -> str:
     service = json.loads((RESULTS / "arrival_service.json").read_text())
     streams = [sorted(folder.glob("*.json")) for folder in (DEFAULT_ARRIVAL_DIR, ARRIVAL_DIR)]
     tables = [arrival_service_table(service), *map(arrival_stream_table, streams)]
-    return "\n\n".join([*tables, arrival_differences(streams[0]), recent_size_on_dev()])
+    return "\n\n".join([*tables, arrival_differences(streams[0]), recent_competition_on_dev()])
 
 
-def recent_size_on_dev() -> str:
-    """The dev AA `RETENTIVE_RECENT_SIZE` was chosen by, per arrival it was searched on."""
+def recent_competition_on_dev() -> str:
+    """The dev AA RETENTIVE_RECENT_SIZE and RETENTIVE_RECENT_RATIO were chosen by, per arrival searched."""
+    searches = [
+        ("recent_sorted", "recent examples kept"),
+        ("recent_trickle", "recent examples kept"),
+        ("recent_ratio_sorted", "recent examples per incoming one"),
+        ("recent_ratio_trickle", "recent examples per incoming one"),
+    ]
     lines = []
-    for arrival in ("sorted", "trickle"):
-        tuned = json.loads((TUNING_DIR / f"recent_{arrival}.json").read_text())
+    for stem, searched in searches:
+        tuned = json.loads((TUNING_DIR / f"{stem}.json").read_text())
         points = ", ".join(
             f"{spec.rsplit('=', 1)[1]}: {statistics.mean(scores):.3f}"
             for spec, scores in tuned["dev_aa"].items()
         )
-        seeds = ", ".join(map(str, tuned["seeds"]))
-        lines.append(f"- dev AA by recent examples, {tuned['order']} {arrival} (seed {seeds}): {points}")
+        seeds = ("seed " if len(tuned["seeds"]) == 1 else "seeds ") + ", ".join(map(str, tuned["seeds"]))
+        arrival = stem.rsplit("_", 1)[1]
+        lines.append(f"- dev AA by {searched}, {tuned['order']} {arrival} ({seeds}): {points}")
     return "\n".join(lines)
 
 
 def arrival_differences(files: list[Path]) -> str:
     """On each order, a stream learned with a mixing window or recent examples against the same arrival
-    learned with neither."""
+    learned with neither, and recent examples drawn at another ratio against the ratio first shipped
+    (as many as replayed, 0.5)."""
     by_seed: dict[str, dict[int, float]] = {}
-    baselines: dict[str, str] = {}
+    baselines: dict[str, list[str]] = {}
     for path in files:
         result = json.loads(path.read_text())
         window = result["config"].get("window", 0)
         for row in result["strategies"].values():
             if row["arrival"] == "batched":
                 continue
-            name, recent = f"{result['order']} {row['arrival']}", recent_size(row)
-            labelled = f"{name}, window {window or 'none'}, recent {recent}"
+            name, recent = f"{result['order']} {row['arrival']}", recent_competition(row)
+            labelled = f"{name}, window {window or 'none'}, recent {recent_name(*recent)}"
             by_seed.setdefault(labelled, {})[result["config"]["seed"]] = row["aa"]
-            baselines[labelled] = f"{name}, window none, recent 0"
+            baselines[labelled] = [f"{name}, window none, recent 0"]
+            if recent[0] and not window:
+                baselines[labelled].append(f"{name}, window none, recent {recent_name(recent[0], 0.5)}")
     lines = [
-        f"- {difference(name, baselines[name], by_seed)}"
+        f"- {difference(name, baseline, by_seed)}"
         for name in sorted(by_seed)
-        if name != baselines[name] and baselines[name] in by_seed
+        for baseline in baselines[name]
+        if name != baseline and baseline in by_seed
     ]
     return "\n".join(lines)
 
