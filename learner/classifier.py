@@ -192,8 +192,10 @@ class TextClassifier(nn.Module):
         top_k = max(1, min(top_k, len(self.labels)))
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         results: list[Prediction | None] = [None] * len(texts)
+        # Toggling the mode walks every module (half a millisecond); a served copy is already in eval mode.
         was_training = self.training
-        self.eval()
+        if was_training:
+            self.eval()
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
@@ -205,5 +207,6 @@ class TextClassifier(nn.Module):
                         for s, j in zip(scores[row], indices[row], strict=True)
                     ]
                     results[i] = Prediction(top[0].label, top[0].score, top)
-        self.train(was_training)
+        if was_training:
+            self.train()
         return results

@@ -51,6 +51,17 @@ def test_new_label_leaves_old_logits_alone_then_is_learned() -> None:
     assert predicted.count("weather") >= 3
 
 
+def test_predictions_between_steps_are_deterministic_and_leave_training_on() -> None:
+    learner = make_learner(strategy="sgd", loss="ce")
+    learner.train_step(SPORTS[:4] + FINANCE[:4], ["sports"] * 4 + ["finance"] * 4)
+    assert learner.model.training
+
+    first, second = (learner.predict(SPORTS + FINANCE, top_k=2) for _ in range(2))
+
+    assert first == second, "dropout was on while predicting"
+    assert learner.model.training, "the next step would train without dropout"
+
+
 def test_label_cap_refuses_the_batch_and_changes_nothing() -> None:
     learner = make_learner(max_labels=2)
     learner.train_step(SPORTS[:2], ["a", "b"])
