@@ -19,6 +19,11 @@ reaches predictions within seconds. Before each micro-batch the learner backs of
 reports prediction pressure above the bounds (`app.pressure`: texts queued, or answers slower than the
 replica's own fastest at the same size), since both share the CPU, for at most `backoff_max_s` in a row.
 
+With `max_batch_size` above the batch size, a backlog is learned in larger steps: once a micro-batch is
+full, what else is already waiting joins it, up to `max_batch_size` examples per step, so fewer, larger
+steps catch up faster (each step's fixed costs are shared by more examples); feedback that trickles in still
+trains in steps of `batch_size` or fewer. Off by default (0): see the README, "Micro-batch size".
+
 With `mix_window` above the batch size, what is waiting is read as one window of up to `mix_window`
 entries and learned in shuffled micro-batches (`OnlineLearner.learn_window`), so a file sorted by label
 is not learned one label at a time. A window is applied whole: the cursor, the ledger, snapshots,
@@ -82,6 +87,7 @@ def publication_spacing(publish_every_s: float, check_s: float) -> float:
 @dataclass(frozen=True)
 class LoopConfig:
     batch_size: int = 16
+    max_batch_size: int = 0
     mix_window: int = 0
     batch_wait_s: float = 1.0
     snapshot_every: int = 200
@@ -100,9 +106,19 @@ class LoopConfig:
     max_deliveries: int = 10
 
     @property
+    def largest_batch(self) -> int:
+        """The most examples one step trains on: `max_batch_size`, and never fewer than `batch_size`."""
+        return max(self.max_batch_size, self.batch_size)
+
+    @property
     def window(self) -> int:
-        """Entries read and applied as one window: `mix_window`, and never fewer than a micro-batch."""
-        return max(self.mix_window, self.batch_size)
+        """Entries read and applied as one window: `mix_window`, and never fewer than the largest step."""
+        return max(self.mix_window, self.largest_batch)
+
+    def micro_batch(self, waiting: int) -> int:
+        """Examples per step for a window of `waiting` entries: `batch_size`, or, once more than that was
+        waiting, as many as waited, up to `max_batch_size`."""
+        return min(max(waiting, self.batch_size), self.largest_batch)
 
 
 @dataclass
@@ -296,7 +312,9 @@ class LearnerLoop:
         fresh = self._refuse_past_label_cap(fresh)
         examples = [Example(e.record.text, e.record.label, e.record.id) for e in fresh]
         self.consumer.applying([e.stream_id for e in fresh])
-        report = self.learner.learn_window(examples, self.config.batch_size, between=self._yield_to_serving)
+        report = self.learner.learn_window(
+            examples, self.config.micro_batch(len(examples)), between=self._yield_to_serving
+        )
         self.consumer.applied()
         self.state.counters.held_out += report.held_out
         self.state.counters.applied += report.trained

@@ -83,6 +83,14 @@ class Settings(BaseSettings):
         _LEARNER.max_length, gt=0, le=8192, description="Tokens per text; longer texts are truncated."
     )
     batch_size: int = Field(_LOOP.batch_size, gt=0, le=4096, description="Examples per learner micro-batch.")
+    max_batch_size: int = Field(
+        _LOOP.max_batch_size,
+        ge=0,
+        le=4096,
+        description="When more feedback is waiting than a micro-batch holds, steps grow with the backlog up "
+        "to this many examples, to catch up faster. 0 (or RETENTIVE_BATCH_SIZE): every step is one "
+        "micro-batch.",
+    )
     mix_window: int = Field(
         _LOOP.mix_window,
         ge=0,
@@ -424,6 +432,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"RETENTIVE_MIX_WINDOW: {self.mix_window} is smaller than RETENTIVE_BATCH_SIZE "
                 f"({self.batch_size}); set it to 0 (no mixing) or at least the batch size"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _largest_step_holds_a_batch(self) -> Settings:
+        if 0 < self.max_batch_size < self.batch_size:
+            raise ValueError(
+                f"RETENTIVE_MAX_BATCH_SIZE: {self.max_batch_size} is smaller than RETENTIVE_BATCH_SIZE "
+                f"({self.batch_size}); set it to 0 (steps of one micro-batch) or at least the batch size"
             )
         return self
 

@@ -271,6 +271,30 @@ def test_an_operator_removes_a_junk_label_and_the_served_model_drops_it(
         assert {scored["label"] for scored in answers["predictions"][0]["top"]} == {"sports", "finance"}
 
 
+@pytest.mark.parametrize(("max_batch_size", "steps"), [(32, 2), (0, 8)])
+def test_a_backlog_is_learned_in_steps_as_large_as_max_batch_size(
+    tmp_path: Path, tiny_model_dir: Path, max_batch_size: int, steps: int
+) -> None:
+    examples = [{"text": f"the striker scored goal {i}", "label": f"label-{i % 4}"} for i in range(64)]
+    settings = {**QUICK_LEARNER, "max_batch_size": max_batch_size}
+    with serving(tmp_path, model=tiny_model_dir, **settings) as (base, _):
+
+        def model() -> dict:
+            return httpx.get(f"{base}/v1/model").json()
+
+        assert httpx.post(f"{base}/v1/learner/pause", json={}).status_code == 200
+        eventually(lambda: model()["learner"] == "paused", 60, "the learner paused")
+        assert httpx.post(f"{base}/v1/feedback", json={"examples": examples}).status_code == 202
+        assert httpx.post(f"{base}/v1/learner/resume", json={}).status_code == 200
+
+        def taken() -> int:
+            counters = model()["counters"]
+            return counters.get("applied", 0) + counters.get("held_out", 0)
+
+        eventually(lambda: taken() == 64, 120, "the backlog learned")
+        assert model()["counters"]["updates"] == steps
+
+
 def test_feedback_naming_served_predictions_reports_how_right_the_answers_were(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:

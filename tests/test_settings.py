@@ -87,6 +87,18 @@ def test_a_mixing_window_smaller_than_a_micro_batch_is_refused_with_the_fix() ->
     assert load_settings(mix_window=256).loop_config().window == 256
 
 
+def test_the_largest_step_holds_a_micro_batch_and_grows_only_with_a_backlog() -> None:
+    with pytest.raises(
+        ConfigError, match=r"RETENTIVE_MAX_BATCH_SIZE: 8 is smaller than RETENTIVE_BATCH_SIZE \(16\)"
+    ):
+        load_settings(max_batch_size=8, batch_size=16)
+    adaptive = load_settings(max_batch_size=64).loop_config()
+    assert adaptive.window == 64
+    assert [adaptive.micro_batch(waiting) for waiting in (1, 16, 40, 64, 500)] == [16, 16, 40, 64, 64]
+    fixed = load_settings(max_batch_size=0, mix_window=256).loop_config()
+    assert [fixed.micro_batch(waiting) for waiting in (1, 40, 256)] == [16, 16, 16]
+
+
 def test_the_precision_reaches_the_learner_and_an_unknown_one_is_refused_with_the_choices() -> None:
     assert load_settings(precision="bf16").learner_config().precision == "bf16"
     with pytest.raises(
