@@ -5,6 +5,8 @@ policies live: when to snapshot and publish, what a forgetting alarm does, how a
 
 Delivery is at-least-once from Redis and exactly-once in effect. Each snapshot records the last applied
 stream ID (the cursor); entries are acknowledged only after a snapshot holding their effect is durable.
+Snapshots and publications are copied on the training thread and written on a thread of their own, one at a
+time, while learning goes on; what follows a write (acknowledging, trimming, announcing) waits for its end.
 On start the learner takes the lease, loads the newest valid snapshot, reclaims every pending entry,
 drops those at or below the cursor, and applies the rest in ID order. A learner that lost its lease
 stops before writing a snapshot.
@@ -48,6 +50,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -57,7 +62,7 @@ from app.faults import crash_point
 from app.ledger import Row, ledger_rows
 from learner.forgetting import Alarm, AlarmPolicy
 from learner.online import Example, OnlineLearner
-from learner.snapshots import Manifest, Snapshot, SnapshotError, SnapshotStore
+from learner.snapshots import Manifest, Snapshot, SnapshotError, SnapshotStore, frozen
 from streams.consumer import Entry, FeedbackConsumer, stream_id_key
 from streams.control import Control, RollbackRequest
 from streams.heartbeats import alive, keep_beating
@@ -142,6 +147,26 @@ class LoopState:
     ledger: list[Row] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Taken:
+    """Where the stream stood when a snapshot's contents were copied."""
+
+    cursor: str | None
+    entries: int
+    updates: int
+    at: float
+    copy_s: float
+
+
+@dataclass(frozen=True)
+class _Write:
+    """A snapshot or publication being written off the training thread, and what follows its end."""
+
+    written: Future[Manifest]
+    settle: Callable[[Manifest], None]
+    fail: Callable[[Exception], None]
+
+
 class LeaseLostError(RuntimeError):
     """Another learner holds the lease now; this one must not write."""
 
@@ -186,6 +211,10 @@ class LearnerLoop:
         self._probes_revision: int | None = None
         self._rate_mark = (time.monotonic(), 0, 0)
         self._rolled_back_to: str | None = None
+        # Snapshots and publications are written here, one at a time, while the training thread goes on.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-writer")
+        self._write: _Write | None = None
+        self._write_lock = threading.RLock()
 
     @property
     def status(self) -> str:
@@ -219,6 +248,7 @@ class LearnerLoop:
             self._recover()
             self.leading = True
             while not stop.is_set() and not self.lease.lost.is_set():
+                self._settle_write()
                 self._follow_control()
                 if self.paused:
                     stop.wait(self.config.batch_wait_s)
@@ -228,10 +258,12 @@ class LearnerLoop:
                     stop.wait(self.config.backoff_s)
                     continue
                 self._apply(self._read_window())
+                self._settle_write()
                 if self._snapshot_due():
-                    self.snapshot()
+                    self._start_snapshot()
                 elif self._publish_due():
-                    self.publish_weights()
+                    self._start_publication()
+            self._finish_write()
             if self._unsnapshotted and not self.lease.lost.is_set():
                 self.snapshot()
         except LeaseLostError:
@@ -241,6 +273,7 @@ class LearnerLoop:
             log.warning(json.dumps({"event": "redis_unreachable", "error": str(err)}))
             self.lease.lost.set()
         finally:
+            self._abandon_write()
             self.leading = False
             done.set()
             keeper.join(timeout=5)
@@ -356,6 +389,7 @@ class LearnerLoop:
         return target.id
 
     def _last_snapshot_without_alarm(self) -> Snapshot | None:
+        self._finish_write()
         for manifest in self.store.list():
             if manifest.info.get("alarms") == 0 and manifest.info.get("promoted", True):
                 try:
@@ -380,7 +414,7 @@ class LearnerLoop:
         return [entry for entry, fit in zip(entries, fits, strict=True) if fit]
 
     def _snapshot_due(self) -> bool:
-        if not self._unsnapshotted or time.monotonic() < self._snapshot_retry_at:
+        if self._write is not None or not self._unsnapshotted or time.monotonic() < self._snapshot_retry_at:
             return False
         if self._snapshot_requested:
             return True
@@ -390,34 +424,59 @@ class LearnerLoop:
         return since or stale
 
     def snapshot(self) -> Manifest | None:
-        """Write a snapshot, then acknowledge and trim what it holds, then announce the new version.
+        """Write a snapshot and wait until it is durable, acknowledged and announced (`_start_snapshot`).
 
         None when the write failed: the error is logged and counted, nothing is acknowledged, and the next
         attempt comes after `snapshot_retry_s`.
         """
-        self._hold_lease()
-        crash_point("before_snapshot")
-        promoted = self._passes_promotion()
-        began = time.monotonic()
-        try:
-            manifest = self.learner.save(
-                self.store,
-                info={"cursor": self.state.cursor, "promoted": promoted},
-                extra=self._extra_state(),
-                version=self._next_version(),
+        with self._write_lock:
+            self._start_snapshot()
+            return self._finish_write()
+
+    def _start_snapshot(self) -> None:
+        """Copy what a snapshot holds and write it off the training thread, which goes on learning;
+        `_snapshot_written` acknowledges, trims and announces once it is durable. One write at a time, so
+        versions land in order."""
+        with self._write_lock:
+            self._finish_write()
+            self._hold_lease()
+            crash_point("before_snapshot")
+            promoted = self._passes_promotion()
+            began = time.monotonic()
+            previous = version = self.learner.counters.model_version
+            try:
+                version = self._next_version()
+                info = {"cursor": self.state.cursor, "promoted": promoted}
+                tensors, state, details = self.learner.snapshot_contents(version, info, self._extra_state())
+                latest = self.store.latest()
+                copies, state = frozen(tensors, state)
+            except Exception as err:
+                self._snapshot_failed(err, version, previous)
+                return
+            taken = _Taken(
+                self.state.cursor,
+                self._unsnapshotted,
+                self.learner.counters.updates,
+                began,
+                time.monotonic() - began,
             )
-        except Exception as err:
-            # A store may fail in any way (an object store's client error is no OSError): whatever it is,
-            # nothing was acknowledged, so keep learning and try again later rather than restart.
-            self._snapshot_failed(err)
-            return None
+            written = self._writer.submit(
+                self.store.save, copies, state, details, latest.id if latest else None, version
+            )
+            self._write = _Write(
+                written,
+                lambda manifest: self._snapshot_written(manifest, taken, promoted),
+                lambda err: self._snapshot_failed(err, version, previous),
+            )
+
+    def _snapshot_written(self, manifest: Manifest, taken: _Taken, promoted: bool) -> None:
         crash_point("after_snapshot")
         # A learner whose lease went while it wrote must leave acknowledging, trimming and announcing to the
         # new holder, which recovers from the newest snapshot whatever it holds: each is checked for itself.
         self._hold_lease()
-        acked = self.consumer.ack_through(self.state.cursor) if self.state.cursor else 0
+        acked = self.consumer.ack_through(taken.cursor) if taken.cursor else 0
         # Keep what the previous snapshot lacks, in case this one turns out unreadable (see `_recover`).
-        previous, self._durable_cursor = self._durable_cursor, self.state.cursor
+        previous, self._durable_cursor = self._durable_cursor, taken.cursor
         self._hold_lease()
         trimmed = self.consumer.trim(previous, self.config.retention) if previous else 0
         self._hold_lease()
@@ -425,7 +484,7 @@ class LearnerLoop:
             note = self._take_rollback_note()
             publish_version(self.client, self.keys, manifest.version, manifest.id, rolled_back_to=note)
         self._publish_counters()
-        elapsed = time.monotonic() - self._last_snapshot_at
+        elapsed = taken.at - self._last_snapshot_at
         summary = self.learner.summary()
         log.info(
             json.dumps(
@@ -433,33 +492,65 @@ class LearnerLoop:
                     "event": "snapshot",
                     "version": manifest.version,
                     "snapshot": manifest.id,
-                    "updates": self.learner.counters.updates,
-                    "cursor": self.state.cursor,
+                    "updates": taken.updates,
+                    "cursor": taken.cursor,
                     "acked": acked,
                     "trimmed": trimmed,
-                    "examples_per_s": round(self._unsnapshotted / max(elapsed, 1e-9), 2),
+                    "examples_per_s": round(taken.entries / max(elapsed, 1e-9), 2),
                     "lag": self.consumer.pending(),
-                    "write_s": round(time.monotonic() - began, 3),
+                    "copy_s": round(taken.copy_s, 3),
+                    "write_s": round(time.monotonic() - taken.at, 3),
                     "promoted": promoted,
                     "mean_accuracy": summary["mean_accuracy"],
                     "max_forgetting": summary["max_forgetting"],
                 }
             )
         )
-        self._unsnapshotted = 0
-        self._updates_at_snapshot = self.learner.counters.updates
-        self._last_snapshot_at = time.monotonic()
+        self._unsnapshotted -= taken.entries
+        self._updates_at_snapshot = taken.updates
+        self._last_snapshot_at = taken.at
         self._snapshot_retry_at = 0.0
         self._snapshot_requested = False
-        self._mark_published()
-        return manifest
+        self._mark_published(taken.updates, taken.at)
+
+    def _settle_write(self) -> None:
+        """Act on a write that has finished, if one has; never waits."""
+        with self._write_lock:
+            if self._write is not None and self._write.written.done():
+                self._finish_write()
+
+    def _finish_write(self) -> Manifest | None:
+        """Wait for the write in flight, if any, then do what follows it: its manifest, or None when it
+        failed or there was none."""
+        with self._write_lock:
+            write, self._write = self._write, None
+            if write is None:
+                return None
+            try:
+                manifest = write.written.result()
+            except Exception as err:
+                # A store may fail in any way (an object store's client error is no OSError): whatever it
+                # is, nothing was acknowledged or announced, so keep learning and try again later.
+                write.fail(err)
+                return None
+            write.settle(manifest)
+            return manifest
+
+    def _abandon_write(self) -> None:
+        """On stepping down: let the write in flight end, and act on none of it."""
+        with self._write_lock:
+            if self._write is not None:
+                wait_for([self._write.written])
+                self._write = None
 
     def _hold_lease(self) -> None:
         """Raise LeaseLostError unless this learner still holds the lease (renewing it)."""
         if not self.lease.renew():
             raise LeaseLostError(self.keys.lease)
 
-    def _snapshot_failed(self, err: Exception) -> None:
+    def _snapshot_failed(self, err: Exception, version: int, previous: int) -> None:
+        if self.learner.counters.model_version == version:
+            self.learner.counters.model_version = previous
         self.state.counters.snapshot_failures += 1
         self._snapshot_retry_at = time.monotonic() + self.config.snapshot_retry_s
         log.error(
@@ -474,29 +565,44 @@ class LearnerLoop:
         )
         self._publish_counters()
 
-    def publish_weights(self) -> Manifest | None:
-        """Publish the current weights for serving (not for recovery); None without a store for them."""
-        if self.published is None:
-            return None
-        if not self._passes_promotion():
-            self._mark_published()
-            self._publish_counters()
-            return None
-        try:
-            manifest = self.learner.publish(self.published, self._next_version())
-        except Exception as err:
-            # Whatever the store raised, serving waits for the next snapshot instead; learning goes on.
-            self.state.counters.publish_failures += 1
-            log.error(json.dumps({"event": "publish_failed", "error": str(err)}))
-            self._mark_published()
-            self._publish_counters()
-            return None
+    def _start_publication(self) -> None:
+        """Copy the current weights and publish them for serving (not for recovery) off the training thread;
+        `_published` announces them once written."""
+        with self._write_lock:
+            self._finish_write()
+            updates, now = self.learner.counters.updates, time.monotonic()
+            if not self._passes_promotion():
+                self._mark_published(updates, now)
+                self._publish_counters()
+                return
+            try:
+                version = self._next_version()
+                tensors, state, info = self.learner.publication_contents()
+                copies, state = frozen(tensors, state)
+            except Exception as err:
+                self._publication_failed(err, updates, now)
+                return
+            written = self._writer.submit(self.published.save, copies, state, info, None, version)
+            self._write = _Write(
+                written,
+                lambda manifest: self._published(manifest, updates, now),
+                lambda err: self._publication_failed(err, updates, now),
+            )
+
+    def _published(self, manifest: Manifest, updates: int, at: float) -> None:
         self._hold_lease()
+        self.learner.counters.model_version = max(self.learner.counters.model_version, manifest.version)
         note = self._take_rollback_note()
         publish_version(self.client, self.keys, manifest.version, manifest.id, "weights", rolled_back_to=note)
         self._publish_counters()
-        self._mark_published()
-        return manifest
+        self._mark_published(updates, at)
+
+    def _publication_failed(self, err: Exception, updates: int, at: float) -> None:
+        # Whatever the store raised, serving waits for the next snapshot instead; learning goes on.
+        self.state.counters.publish_failures += 1
+        log.error(json.dumps({"event": "publish_failed", "error": str(err)}))
+        self._mark_published(updates, at)
+        self._publish_counters()
 
     def _passes_promotion(self) -> bool:
         """Whether the current weights may be served; a failure is logged, counted and told to the API."""
@@ -528,12 +634,13 @@ class LearnerLoop:
         note, self._rolled_back_to = self._rolled_back_to, None
         return note
 
-    def _mark_published(self) -> None:
-        self._published_updates = self.learner.counters.updates
-        self._last_published_at = time.monotonic()
+    def _mark_published(self, updates: int, at: float) -> None:
+        """The weights of `updates` were published (or held back, or failed to be) at `at`."""
+        self._published_updates = updates
+        self._last_published_at = at
 
     def _publish_due(self) -> bool:
-        if self.published is None or self.config.publish_every_s <= 0:
+        if self.published is None or self.config.publish_every_s <= 0 or self._write is not None:
             return False
         changed = self.learner.counters.updates != self._published_updates
         waited = time.monotonic() - self._last_published_at
@@ -584,6 +691,7 @@ class LearnerLoop:
 
     def _roll_back(self, request: RollbackRequest) -> None:
         """Continue from an earlier snapshot; replay the entries applied since only when asked."""
+        self._finish_write()
         try:
             target = self.store.load(request.snapshot_id)
         except SnapshotError as err:

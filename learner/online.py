@@ -424,7 +424,23 @@ class OnlineLearner:
         returned by `restore`. `version` is the store's next one unless given.
         """
         previous = self.counters.model_version
-        self.counters.model_version = version or store.max_version() + 1
+        version = version or store.max_version() + 1
+        tensors, state, details = self.snapshot_contents(version, info, extra)
+        latest = store.latest()
+        try:
+            return store.save(
+                tensors, state, info=details, parent=latest.id if latest else None, version=version
+            )
+        except Exception:
+            self.counters.model_version = previous
+            raise
+
+    def snapshot_contents(
+        self, version: int, info: dict[str, Any] | None = None, extra: dict[str, Any] | None = None
+    ) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any], dict[str, Any]]:
+        """What a snapshot numbered `version` holds (tensors, state, the manifest's info), which becomes the
+        learner's version. The tensors are the live ones: copy them to write them while training goes on."""
+        self.counters.model_version = version
         tensors, state = self.state()
         state["extra"] = extra
         details = {
@@ -433,31 +449,17 @@ class OnlineLearner:
             "alarms": len(self.tracker.active_alarms()),
             **(info or {}),
         }
-        latest = store.latest()
-        try:
-            return store.save(
-                tensors,
-                state,
-                info=details,
-                parent=latest.id if latest else None,
-                version=self.counters.model_version,
-            )
-        except Exception:
-            self.counters.model_version = previous
-            raise
+        return tensors, state, details
 
-    def publish(self, store: SnapshotStore, version: int) -> Manifest:
-        """Write the weights alone, as a new `version` for serving; nothing to continue training from."""
+    def publication_contents(self) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any], dict[str, Any]]:
+        """What a publication holds: the live weights (copy them to write them while training goes on), the
+        state a replica needs, and the manifest's info."""
         state = {
             "config": asdict(self.config),
             "labels": self.model.labels,
             "counters": asdict(self.counters),
         }
-        manifest = store.save(
-            {MODEL: self.model.state_dict()}, state, info={"updates": self.counters.updates}, version=version
-        )
-        self.counters.model_version = version
-        return manifest
+        return {MODEL: self.model.state_dict()}, state, {"updates": self.counters.updates}
 
     def state(self) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
         optimizer_tensors, optimizer_state = split_optimizer_state(self.optimizer.state_dict())

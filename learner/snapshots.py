@@ -513,6 +513,18 @@ class SnapshotStore:
                 shutil.rmtree(entry.path, ignore_errors=True)
 
 
+def frozen(
+    tensors: Mapping[str, Mapping[str, torch.Tensor]], state: Mapping[str, Any]
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """CPU copies of `tensors` and of `state` (as JSON holds it), to write while training changes the
+    originals."""
+    copies = {
+        name: {key: tensor.detach().to("cpu", copy=True) for key, tensor in group.items()}
+        for name, group in tensors.items()
+    }
+    return copies, json.loads(json.dumps(dict(state)))
+
+
 def version_of(snapshot_id: str) -> int:
     """The version a snapshot id starts with."""
     return int(snapshot_id.split("-")[0])

@@ -423,6 +423,35 @@ def test_a_snapshot_store_failing_in_any_way_is_retried_and_nothing_is_lost(
         assert running.applied() == 24
 
 
+def test_learning_goes_on_while_a_snapshot_is_written_and_is_acknowledged_once_a_snapshot_holds_it(
+    tiny_encoder: Encoder, redis_client: redis.Redis, key_prefix: str, tmp_path: Path
+) -> None:
+    keys = StreamKeys(key_prefix, "m")
+    with start_loop(tiny_encoder, redis_client, keys, tmp_path, snapshot_every=1) as running:
+        save, disk_ready, writing = running.loop.store.save, threading.Event(), threading.Event()
+
+        def slow_disk(*args: object, **kwargs: object) -> Manifest:
+            writing.set()
+            disk_ready.wait(60)
+            return save(*args, **kwargs)
+
+        def pending() -> int:
+            return redis_client.xpending(keys.feedback, "learners")["pending"]
+
+        running.loop.store.save = slow_disk
+        running.feed(16)
+        eventually(writing.is_set, 60, "a snapshot being written")
+        running.feed(16)
+        eventually(lambda: running.applied() == 32, 60, "feedback learned while the snapshot is written")
+        assert pending() == 32, "acknowledged before a snapshot holding it was durable"
+
+        disk_ready.set()
+        eventually(lambda: pending() == 0, 60, "everything acknowledged once snapshots hold it")
+    first = min(running.loop.store.list(), key=lambda manifest: manifest.version)
+    last_entry = redis_client.xrevrange(keys.feedback, count=1)[0][0].decode()
+    assert first.info["cursor"] != last_entry, "the first snapshot was taken before the later feedback"
+
+
 def test_a_learner_that_lost_its_lease_while_writing_acknowledges_and_announces_nothing(
     tiny_encoder: Encoder, redis_client: redis.Redis, key_prefix: str, tmp_path: Path
 ) -> None:
