@@ -6,6 +6,7 @@
     python -m bench.tables precision   # "Training in bfloat16": bf16 against fp32 on the orders' seeds
     python -m bench.tables alarms      # "Forgetting alarms": false alarms and detection
     python -m bench.tables speed       # "Speed against the limits": bench.speed and what is measured alone
+    python -m bench.tables batch       # "Micro-batch size": AA and examples/s per step size, on dev
 
 Each table is printed as Markdown; tests/test_bench.py checks that the README holds exactly what this prints.
 """
@@ -27,6 +28,7 @@ DEFAULT_ARRIVAL_DIR = RESULTS / "arrival_default"
 LONG_DIR = RESULTS / "long"
 ORDERS_DIR = RESULTS / "orders"
 PRECISION_DIR = RESULTS / "precision"
+BATCH_DIR = RESULTS / "batch_size"
 ORDERS = ("order1", "order2", "order3")
 TUNING_DIR = RESULTS / "tuning"
 # Student's t at 97.5% for 1 to 9 degrees of freedom: a 95% interval of a mean over 2 to 10 seeds.
@@ -586,9 +588,44 @@ def alarms() -> str:
     return "\n".join(lines)
 
 
+def batch() -> str:
+    """The default strategy learning the same stream in steps of each size: dev AA, prequential accuracy and
+    examples/s over seeds, and each size against the default size, paired by seed."""
+    runs: dict[int, dict[int, dict]] = {}
+    for path in sorted(BATCH_DIR.glob("*.json")):
+        result = json.loads(path.read_text())
+        (row,) = result["strategies"].values()
+        runs.setdefault(result["config"]["batch"], {})[result["config"]["seed"]] = row
+    smallest = min(runs)
+    lines = [
+        "| examples per step | dev AA | prequential accuracy | examples/s | examples/s against "
+        f"{smallest} (paired) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for size, by_seed in sorted(runs.items()):
+        rows = [by_seed[seed] for seed in sorted(by_seed)]
+        speedups = [
+            row["examples_per_s"] / runs[smallest][seed]["examples_per_s"] for seed, row in by_seed.items()
+        ]
+        lines.append(
+            f"| {size} | {mean_sd([r['aa'] for r in rows])} "
+            f"| {mean_sd([r['prequential']['cumulative'] for r in rows])} "
+            f"| {mean_sd([r['examples_per_s'] for r in rows], 1)} | {mean_sd(speedups, 2)}x |"
+        )
+    aa = {
+        f"steps of {size}": {seed: row["aa"] for seed, row in by_seed.items()}
+        for size, by_seed in runs.items()
+    }
+    versus = [
+        f"- {difference(name, f'steps of {smallest}', aa)}" for name in aa if name != f"steps of {smallest}"
+    ]
+    return "\n".join([*lines, "", *versus])
+
+
 TABLES = {
     "alarms": alarms,
     "arrival": arrival,
+    "batch": batch,
     "long": long,
     "orders": orders,
     "precision": precision,
