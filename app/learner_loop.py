@@ -5,8 +5,9 @@ policies live: when to snapshot and publish, what a forgetting alarm does, how a
 
 Delivery is at-least-once from Redis and exactly-once in effect. Each snapshot records the last applied
 stream ID (the cursor); entries are acknowledged only after a snapshot holding their effect is durable.
-Snapshots and publications are copied on the training thread and written on a thread of their own, one at a
-time, while learning goes on; what follows a write (acknowledging, trimming, announcing) waits for its end.
+Snapshots and publications are serialized on the training thread, then hashed and written on a thread of
+their own, one at a time, while learning goes on; what follows a write (acknowledging, trimming,
+announcing) waits for its end.
 On start the learner takes the lease, loads the newest valid snapshot, reclaims every pending entry,
 drops those at or below the cursor, and applies the rest in ID order. A learner that lost its lease
 stops before writing a snapshot.
@@ -62,7 +63,7 @@ from app.faults import crash_point
 from app.ledger import Row, ledger_rows
 from learner.forgetting import Alarm, AlarmPolicy
 from learner.online import Example, OnlineLearner
-from learner.snapshots import Manifest, Snapshot, SnapshotError, SnapshotStore, frozen
+from learner.snapshots import Manifest, Snapshot, SnapshotError, SnapshotStore, serialized
 from streams.consumer import Entry, FeedbackConsumer, stream_id_key
 from streams.control import Control, RollbackRequest
 from streams.heartbeats import alive, keep_beating
@@ -149,13 +150,13 @@ class LoopState:
 
 @dataclass(frozen=True)
 class _Taken:
-    """Where the stream stood when a snapshot's contents were copied."""
+    """Where the stream stood when a snapshot's contents were serialized."""
 
     cursor: str | None
     entries: int
     updates: int
     at: float
-    copy_s: float
+    serialize_s: float
 
 
 @dataclass(frozen=True)
@@ -434,7 +435,7 @@ class LearnerLoop:
             return self._finish_write()
 
     def _start_snapshot(self) -> None:
-        """Copy what a snapshot holds and write it off the training thread, which goes on learning;
+        """Serialize what a snapshot holds and write it off the training thread, which goes on learning;
         `_snapshot_written` acknowledges, trims and announces once it is durable. One write at a time, so
         versions land in order."""
         with self._write_lock:
@@ -449,7 +450,7 @@ class LearnerLoop:
                 info = {"cursor": self.state.cursor, "promoted": promoted}
                 tensors, state, details = self.learner.snapshot_contents(version, info, self._extra_state())
                 latest = self.store.latest()
-                copies, state = frozen(tensors, state)
+                payload = serialized(tensors, state)
             except Exception as err:
                 self._snapshot_failed(err, version, previous)
                 return
@@ -461,7 +462,7 @@ class LearnerLoop:
                 time.monotonic() - began,
             )
             written = self._writer.submit(
-                self.store.save, copies, state, details, latest.id if latest else None, version
+                self.store.write, payload, details, latest.id if latest else None, version
             )
             self._write = _Write(
                 written,
@@ -498,7 +499,7 @@ class LearnerLoop:
                     "trimmed": trimmed,
                     "examples_per_s": round(taken.entries / max(elapsed, 1e-9), 2),
                     "lag": self.consumer.pending(),
-                    "copy_s": round(taken.copy_s, 3),
+                    "serialize_s": round(taken.serialize_s, 3),
                     "write_s": round(time.monotonic() - taken.at, 3),
                     "promoted": promoted,
                     "mean_accuracy": summary["mean_accuracy"],
@@ -566,8 +567,8 @@ class LearnerLoop:
         self._publish_counters()
 
     def _start_publication(self) -> None:
-        """Copy the current weights and publish them for serving (not for recovery) off the training thread;
-        `_published` announces them once written."""
+        """Serialize the current weights and publish them for serving (not for recovery) off the training
+        thread; `_published` announces them once written."""
         with self._write_lock:
             self._finish_write()
             updates, now = self.learner.counters.updates, time.monotonic()
@@ -578,11 +579,11 @@ class LearnerLoop:
             try:
                 version = self._next_version()
                 tensors, state, info = self.learner.publication_contents()
-                copies, state = frozen(tensors, state)
+                payload = serialized(tensors, state)
             except Exception as err:
                 self._publication_failed(err, updates, now)
                 return
-            written = self._writer.submit(self.published.save, copies, state, info, None, version)
+            written = self._writer.submit(self.published.write, payload, info, None, version)
             self._write = _Write(
                 written,
                 lambda manifest: self._published(manifest, updates, now),

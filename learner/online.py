@@ -439,7 +439,7 @@ class OnlineLearner:
         self, version: int, info: dict[str, Any] | None = None, extra: dict[str, Any] | None = None
     ) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any], dict[str, Any]]:
         """What a snapshot numbered `version` holds (tensors, state, the manifest's info), which becomes the
-        learner's version. The tensors are the live ones: copy them to write them while training goes on."""
+        learner's version. The tensors are the live ones: serialize them before the next step."""
         self.counters.model_version = version
         tensors, state = self.state()
         state["extra"] = extra
@@ -452,8 +452,8 @@ class OnlineLearner:
         return tensors, state, details
 
     def publication_contents(self) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any], dict[str, Any]]:
-        """What a publication holds: the live weights (copy them to write them while training goes on), the
-        state a replica needs, and the manifest's info."""
+        """What a publication holds: the live weights (serialize them before the next step), the state a
+        replica needs, and the manifest's info."""
         state = {
             "config": asdict(self.config),
             "labels": self.model.labels,

@@ -232,9 +232,19 @@ class SnapshotStore:
         as strings). Bad arguments raise TypeError/ValueError before anything is written; filesystem
         failures raise SnapshotError and leave no new snapshot behind.
         """
+        return self.write(serialized(tensors, state), info, parent, version)
+
+    def write(
+        self,
+        payload: Mapping[str, bytes],
+        info: Mapping[str, Any] | None = None,
+        parent: str | None = None,
+        version: int | None = None,
+    ) -> Manifest:
+        """`save` for contents already `serialized`: hash, write, prune. The payload is a copy, so it can be
+        written on another thread while the tensors it was made from change."""
         if parent is not None:
             check_snapshot_id(parent)
-        payload = _serialize(tensors, state)
         info_json = json.loads(json.dumps(dict(info or {})))
         files = {
             name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
@@ -513,18 +523,6 @@ class SnapshotStore:
                 shutil.rmtree(entry.path, ignore_errors=True)
 
 
-def frozen(
-    tensors: Mapping[str, Mapping[str, torch.Tensor]], state: Mapping[str, Any]
-) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """CPU copies of `tensors` and of `state` (as JSON holds it), to write while training changes the
-    originals."""
-    copies = {
-        name: {key: tensor.detach().to("cpu", copy=True) for key, tensor in group.items()}
-        for name, group in tensors.items()
-    }
-    return copies, json.loads(json.dumps(dict(state)))
-
-
 def version_of(snapshot_id: str) -> int:
     """The version a snapshot id starts with."""
     return int(snapshot_id.split("-")[0])
@@ -535,9 +533,10 @@ def newest_first(snapshot_ids: Iterable[str]) -> list[str]:
     return sorted(snapshot_ids, key=lambda n: (version_of(n), n), reverse=True)
 
 
-def _serialize(
+def serialized(
     tensors: Mapping[str, Mapping[str, torch.Tensor]], state: Mapping[str, Any]
 ) -> dict[str, bytes]:
+    """The files of a snapshot of `tensors` and `state`, as bytes (for `SnapshotStore.write`)."""
     if not isinstance(state, Mapping):
         raise TypeError("state must be a mapping")
     payload = {}

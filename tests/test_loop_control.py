@@ -406,16 +406,16 @@ def test_a_snapshot_store_failing_in_any_way_is_retried_and_nothing_is_lost(
     keys = StreamKeys(key_prefix, "m")
     config = {"snapshot_every": 2, "snapshot_retry_s": 0.1}
     with start_loop(tiny_encoder, redis_client, keys, tmp_path, **config) as running:
-        save, failures = running.loop.store.save, []
+        write, failures = running.loop.store.write, []
 
         # An object store's client raises its own errors, not OSError; the fault is simulated here.
         def failing_twice(*args: object, **kwargs: object) -> Manifest:
             if len(failures) < 2:
                 failures.append(ValueError("the object store answered 500"))
                 raise failures[-1]
-            return save(*args, **kwargs)
+            return write(*args, **kwargs)
 
-        running.loop.store.save = failing_twice
+        running.loop.store.write = failing_twice
         running.feed(24)
         eventually(lambda: running.loop.store.list() != [], 60, "a snapshot once the store works again")
         eventually(lambda: running.client.xpending(keys.feedback, "learners")["pending"] == 0, 60, "acks")
@@ -428,17 +428,17 @@ def test_learning_goes_on_while_a_snapshot_is_written_and_is_acknowledged_once_a
 ) -> None:
     keys = StreamKeys(key_prefix, "m")
     with start_loop(tiny_encoder, redis_client, keys, tmp_path, snapshot_every=1) as running:
-        save, disk_ready, writing = running.loop.store.save, threading.Event(), threading.Event()
+        write, disk_ready, writing = running.loop.store.write, threading.Event(), threading.Event()
 
         def slow_disk(*args: object, **kwargs: object) -> Manifest:
             writing.set()
             disk_ready.wait(60)
-            return save(*args, **kwargs)
+            return write(*args, **kwargs)
 
         def pending() -> int:
             return redis_client.xpending(keys.feedback, "learners")["pending"]
 
-        running.loop.store.save = slow_disk
+        running.loop.store.write = slow_disk
         running.feed(16)
         eventually(writing.is_set, 60, "a snapshot being written")
         running.feed(16)
@@ -457,16 +457,16 @@ def test_a_learner_that_lost_its_lease_while_writing_acknowledges_and_announces_
 ) -> None:
     keys = StreamKeys(key_prefix, "m")
     with start_loop(tiny_encoder, redis_client, keys, tmp_path, snapshot_every=2) as running:
-        save, taken = running.loop.store.save, []
+        write, taken = running.loop.store.write, []
 
         # Another learner took the lease while this one wrote (a pause longer than the lease's ttl).
         def overtaken(*args: object, **kwargs: object) -> Manifest:
-            manifest = save(*args, **kwargs)
+            manifest = write(*args, **kwargs)
             redis_client.set(keys.lease, "the-new-holder", px=60_000)
             taken.append(manifest)
             return manifest
 
-        running.loop.store.save = overtaken
+        running.loop.store.write = overtaken
         eventually(lambda: running.loop.leading, 60, "the learner to lead")
         running.feed(24)
         eventually(lambda: taken and not running.loop.leading, 60, "the learner to step down")
