@@ -82,6 +82,7 @@ AIMS = {
     "eval_share": ("<=", 0.10),
     "promotion_share": ("<=", 0.10),
     "quantized_vs_bare": ("<=", 1.0),
+    "learner_rss_mb": ("<=", 1200),
 }
 
 QUANTIZED_FIGURES = [

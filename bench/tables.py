@@ -403,8 +403,9 @@ def _aim(result: dict, key: str) -> tuple[str, str]:
     return checked["aim"].replace(">=", "≥").replace("<=", "≤"), "yes" if checked["met"] else "no"
 
 
-def speed_table(result: dict) -> str:
-    """The full `bench.speed` run: each figure beside its reference from the same run, and its aim."""
+def speed_figures(result: dict) -> list[tuple[str, str, str, str]]:
+    """(figure, measured, reference, aim key) for each figure a full `bench.speed` run holds; a run made
+    before a figure existed lacks its row."""
     details = result["details"]
     learner, service, step = details["learner"], details["service"], details["step_s"]
     p50_ratio = service["predict_p50_ms"] / service["bare_forward_ms"]
@@ -416,8 +417,9 @@ def speed_table(result: dict) -> str:
             "learner_vs_bare",
         ),
         (
-            f"the default strategy (`{learner['default_strategy']}`), examples/s",
-            f"{learner['default_examples_per_s']:.1f} ({learner['default_vs_bare']:.2f}x)",
+            "the default strategy, examples/s",
+            f"{learner['default_examples_per_s']:.1f} ({learner['default_vs_bare']:.2f}x, "
+            f"`{learner['default_strategy']}`)",
             "the same bare loop",
             "default_vs_bare",
         ),
@@ -431,7 +433,7 @@ def speed_table(result: dict) -> str:
             "`/v1/predict` p50, one text",
             f"{service['predict_p50_ms']:.1f} ms ({p50_ratio:.2f}x)",
             f"bare `head(encoder(**batch))`: {service['bare_forward_ms']:.1f} ms",
-            "predict_p50_ms",
+            "predict_p50_vs_bare",
         ),
         ("`/v1/predict` p99, one text", f"{service['predict_p99_ms']:.1f} ms", "", ""),
         (
@@ -462,12 +464,54 @@ def speed_table(result: dict) -> str:
             "peak RSS, learner / API replica",
             f"{service['learner_rss_mb']:,.0f} MB / {service['api_rss_mb']:,.0f} MB",
             "",
-            "",
+            "learner_rss_mb",
         ),
     ]
-    rows = ["| figure | measured | reference | aim | met |", "|---|---:|---|---|---|"]
-    for figure, measured, reference, key in figures:
-        rows.append(f"| {figure} | {measured} | {reference} | " + " | ".join(_aim(result, key)) + " |")
+    if "evaluation" in details:
+        share = details["evaluation"]
+        figures += [
+            (
+                "probe evaluation, share of the learner's time",
+                f"{share['eval_share']:.3f}: {share['eval_s']:.1f} s",
+                f"training: {share['train_s']:.1f} s",
+                "eval_share",
+            ),
+            (
+                "promotion check, share of the learner's time",
+                f"{share['promotion_share']:.3f}: {share['promotion_checks']} checks",
+                "the same training",
+                "promotion_share",
+            ),
+        ]
+    if "quantized" in details:
+        int8 = details["quantized"]
+        figures.append(
+            (
+                "int8 served copy, one text per forward pass; accuracy",
+                f"{int8['quantized_forward_ms']:.1f} ms ({int8['quantized_vs_bare']:.2f}x); "
+                f"{int8['quantized_accuracy']:.3f} ({100 * int8['quantized_accuracy_difference']:+.1f} "
+                f"± {100 * int8['quantized_accuracy_difference_95']:.1f} points)",
+                f"float copy: {int8['float_forward_ms']:.1f} ms; {int8['float_accuracy']:.3f}",
+                "quantized_vs_bare",
+            )
+        )
+    return figures
+
+
+def speed_table(result: dict, before: dict) -> str:
+    """The full `bench.speed` run: each figure beside its reference from the same run, the figure of the
+    run `before` it, and its aim; then the devices and precision the run used."""
+    earlier = {figure: measured for figure, measured, _, _ in speed_figures(before)}
+    rows = [
+        f"| figure | measured | reference | before ({before['commit']}) | aim | met |",
+        "|---|---:|---|---:|---|---|",
+    ]
+    for figure, measured, reference, key in speed_figures(result):
+        then, aim = earlier.get(figure, "not measured"), " | ".join(_aim(result, key))
+        rows.append(f"| {figure} | {measured} | {reference} | {then} | {aim} |")
+    devices = ", ".join(f"{role} on {device}" for role, device in result["devices"].items())
+    rows.append("")
+    rows.append(f"Devices: {devices}; the learner's training forward in {result['precision']}.")
     return "\n".join(rows)
 
 
@@ -561,7 +605,7 @@ def _result(name: str) -> dict:
 
 
 def speed() -> str:
-    return speed_table(_result("speed")) + "\n\n" + measured_alone_table()
+    return speed_table(_result("speed"), _result("speed_before")) + "\n\n" + measured_alone_table()
 
 
 def alarms() -> str:
