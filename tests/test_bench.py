@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from app.settings import Settings
-from bench import backoff, cl_stream, false_alarms, long_stream, memory, speed, tables, tune
+from bench import backoff, cl_stream, false_alarms, long_stream, memory, speed, tables, tune, writes
 from bench.data import DEV_PER_TASK, read_scoring, read_train
 from learner.forgetting import task_metrics
 from learner.online import Example
@@ -259,6 +259,17 @@ def test_false_alarms_counts_none_for_a_frozen_model_and_catches_a_forgotten_lab
     assert scenarios["frozen"]["paired"]["alarms"] == 0
     assert scenarios["frozen"]["before"]["alarms"] > 0
     assert scenarios["flip"]["paired"]["detected"] == 2 and scenarios["flip"]["paired"]["false_alarms"] == 0
+
+
+def test_writes_measure_what_holds_training_up_against_what_did(tmp_path: Path, cl_stream_dir: Path) -> None:
+    out = tmp_path / "writes.json"
+    writes.main(["--quick", "--repeats", "2", "--out", str(out)])
+    result = json.loads(out.read_text())
+    for kind in ("snapshot", "publication"):
+        figures = result[kind]
+        assert 0 < figures["serialize_s"] < figures["held_before_s"], kind
+        assert len(result["runs"][kind]["write_s"]) == 2
+    assert result["snapshot"]["megabytes"] > result["publication"]["megabytes"] > 0
 
 
 def test_memory_measures_each_allocator_in_a_process_of_its_own(tmp_path: Path, cl_stream_dir: Path) -> None:
