@@ -524,6 +524,7 @@ def measured_alone_table() -> str:
     after, before = _result("backoff"), _result("backoff_before")
     batching = _result("predict_batching")
     memory = _result("memory")
+    writes = _result("writes")
     glibc, tcmalloc = memory["variants"]["glibc"], memory["variants"]["tcmalloc"]
     figures = [
         (
@@ -587,6 +588,16 @@ def measured_alone_table() -> str:
             f"step time {tcmalloc['step_vs_glibc']:.2f}x",
             f"glibc malloc: {glibc['peak_rss_mb']:,.0f} MB",
             "memory",
+        ),
+        *(
+            (
+                f"training held up by a {kind} ({writes[kind]['megabytes']:.0f} MB)",
+                f"{writes[kind]['serialize_s']:.2f} s: serializing; {writes[kind]['write_s']:.2f} s "
+                "written on the writer thread",
+                f"serialized and written on the training thread: {writes[kind]['held_before_s']:.2f} s",
+                "writes",
+            )
+            for kind in ("snapshot", "publication")
         ),
     ]
     rows = ["| figure | measured | reference | file |", "|---|---:|---|---|"]
