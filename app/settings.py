@@ -83,6 +83,14 @@ class Settings(BaseSettings):
         _LEARNER.max_length, gt=0, le=8192, description="Tokens per text; longer texts are truncated."
     )
     batch_size: int = Field(_LOOP.batch_size, gt=0, le=4096, description="Examples per learner micro-batch.")
+    pass_size: int = Field(
+        _LEARNER.pass_size,
+        ge=0,
+        le=4096,
+        description="Most examples in one forward and backward pass: a step with more (replayed examples "
+        "included) runs in passes of like-length texts whose gradients add up to the same update, holding "
+        "one pass's activations at a time and padding less. 0: every step in one pass.",
+    )
     max_batch_size: int = Field(
         _LOOP.max_batch_size,
         ge=0,

@@ -87,6 +87,7 @@ OVERRIDABLE = {
     "recent_ratio": float,
     "weight_decay": float,
     "precision": str,
+    "pass_size": int,
 }
 
 

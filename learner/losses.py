@@ -10,6 +10,9 @@ such a step would teach nothing and still move the weights through the optimizer
 incoming examples hold one label, the mask therefore spans the labels of the whole step (incoming and
 replayed); when that is still one label, the step falls back to `ce` over every known label. When the
 model knows a single label there is nothing to learn: the step carries no signal and is not taken.
+
+The mask is decided over the whole step (`plan_loss`), and each example adds its own term: a step computed in
+several forward passes (`pass_loss`) sums to the loss of the step in one.
 """
 
 from __future__ import annotations
@@ -33,25 +36,48 @@ class StepLoss:
     touched: Tensor
 
 
-def classification_loss(logits: Tensor, targets: Tensor, kind: LossKind, replayed: Tensor) -> StepLoss:
-    """Mean loss over the step; `replayed` marks the rows drawn from the replay buffer."""
+@dataclass(frozen=True)
+class LossPlan:
+    """How a step's examples are scored: the labels an incoming example's softmax runs over (None: every
+    label), the head rows the loss touches, and how many examples the mean is over."""
+
+    incoming_labels: Tensor | None
+    touched: Tensor
+    examples: int
+
+
+def plan_loss(targets: Tensor, kind: LossKind, replayed: Tensor, labels: int) -> LossPlan | None:
+    """The plan for a step of `targets` over `labels` head rows; None when the step carries no signal."""
     if kind not in ("ce", "ace"):
         raise ValueError(f"loss must be 'ce' or 'ace', got {kind!r}")
-    labels = logits.shape[1]
-    everything = torch.ones(labels, dtype=torch.bool, device=logits.device)
     if labels < 2:
-        return StepLoss(None, torch.zeros_like(everything))
-    incoming = ~replayed
+        return None
+    everything = torch.ones(labels, dtype=torch.bool, device=targets.device)
     present = torch.zeros_like(everything)
-    present[targets[incoming]] = True
+    present[targets[~replayed]] = True
     if kind == "ace" and int(present.sum()) < 2:
         present[targets] = True  # one incoming label: let the replayed labels be its competition
     if kind == "ce" or int(present.sum()) < 2:
-        return StepLoss(functional.cross_entropy(logits, targets), everything)
-    masked = logits[incoming].masked_fill(~present, float("-inf"))
-    total = functional.cross_entropy(masked, targets[incoming], reduction="sum")
-    touched = present
-    if replayed.any():
-        total = total + functional.cross_entropy(logits[replayed], targets[replayed], reduction="sum")
-        touched = everything
-    return StepLoss(total / len(targets), touched)
+        return LossPlan(None, everything, len(targets))
+    return LossPlan(present, everything if bool(replayed.any()) else present, len(targets))
+
+
+def pass_loss(plan: LossPlan, logits: Tensor, targets: Tensor, replayed: Tensor) -> Tensor:
+    """These examples' share of the step's mean loss: their terms summed, over the step's example count."""
+    if plan.incoming_labels is None:
+        total = functional.cross_entropy(logits, targets, reduction="sum")
+    else:
+        incoming = ~replayed
+        masked = logits[incoming].masked_fill(~plan.incoming_labels, float("-inf"))
+        total = functional.cross_entropy(masked, targets[incoming], reduction="sum")
+        if replayed.any():
+            total = total + functional.cross_entropy(logits[replayed], targets[replayed], reduction="sum")
+    return total / plan.examples
+
+
+def classification_loss(logits: Tensor, targets: Tensor, kind: LossKind, replayed: Tensor) -> StepLoss:
+    """Mean loss over the step; `replayed` marks the rows drawn from the replay buffer."""
+    plan = plan_loss(targets, kind, replayed, logits.shape[1])
+    if plan is None:
+        return StepLoss(None, torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device))
+    return StepLoss(pass_loss(plan, logits, targets, replayed), plan.touched)

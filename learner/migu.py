@@ -8,7 +8,9 @@ accumulates, per output row, the L1 magnitude of its output over the real tokens
 The masks are known when the forward pass ends, before backward, so inside ``measuring`` each
 gated layer computes its weight gradient for the kept rows only (``_KeptRowsLinear``): the rows
 the optimizer would drop cost no matrix product. The input gradient is computed in full, since
-earlier layers need it; dropped rows get a zero gradient.
+earlier layers need it; dropped rows get a zero gradient. A step run in several forward passes,
+each with its own backward, is measured with ``decide=False``: its rows are decided only after the
+last pass, so its passes compute every row's weight gradient and the optimizer drops the rest.
 """
 
 from __future__ import annotations
@@ -116,11 +118,13 @@ class MiguGate:
         return self._steps
 
     @contextmanager
-    def measuring(self, attention_mask: Tensor | None) -> Iterator[None]:
+    def measuring(self, attention_mask: Tensor | None, decide: bool = True) -> Iterator[None]:
         """Accumulate row magnitudes of every forward run inside the block.
 
         ``attention_mask`` is (batch, tokens) of 0/1; tokens where it is 0 are ignored when
-        ``exclude_padding`` is set. Hooks exist only inside the block.
+        ``exclude_padding`` is set. Hooks exist only inside the block. With ``decide`` the rows are
+        decided as the block ends, for the backward that follows; without it, more forward passes of
+        the same step are to come, and ``row_masks`` decides.
         """
         if self._handles:
             raise RuntimeError("MiguGate.measuring blocks cannot be nested")
@@ -139,6 +143,8 @@ class MiguGate:
             for layer in self.layers.values():
                 del layer.forward
             self._token_mask = None
+        if not decide:
+            return
         # The forward pass is over: the masks are known before backward needs them, and `row_masks` takes
         # the same decision after it.
         self._decision = self._decide(self._sums)

@@ -3,6 +3,7 @@ micro-batch, evaluates the probes on a schedule, and saves and restores its whol
 
 from __future__ import annotations
 
+import math
 import random
 import secrets
 from collections import Counter
@@ -12,13 +13,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import PreTrainedModel
+from transformers import BatchEncoding, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from learner.classifier import HeadKind, Prediction, TextClassifier
 from learner.devices import Precision, autocast, resolve_device, resolve_precision, rng_state, set_rng_state
 from learner.forgetting import Alarm, ForgettingTracker
-from learner.losses import LossKind, classification_loss
+from learner.losses import LossKind, classification_loss, pass_loss, plan_loss
 from learner.optimizer_state import (
     join_optimizer_state,
     keep_parameter_rows,
@@ -63,6 +64,7 @@ class LearnerConfig:
     recent_size: int = 1000
     recent_ratio: float = 3.0
     max_length: int = 128
+    pass_size: int = 0
     max_labels: int = 10_000
     device: str = "auto"
     precision: Precision = "auto"
@@ -293,13 +295,22 @@ class OnlineLearner:
 
         self.model.train()
         batch = self.model.tokenize(all_texts)
-        with (
-            self.strategy.measuring(batch["attention_mask"]),
-            autocast(self.model.device, self.precision),
-        ):
-            embeddings = self.model.embed(batch)
-        # The head, imprinting and the loss take float32 whatever the encoder's precision.
-        embeddings = embeddings.float()
+        passes = _passes(batch["attention_mask"], self.config.pass_size)
+        # Imprinting a new label and a model of one label need every embedding before any loss.
+        if new_labels or len(passes) == 1 or len(self.model.labels) < 2:
+            return self._step_in_one_pass(texts, labels, new_labels, batch, all_labels, is_replayed)
+        return self._step_in_passes(texts, labels, batch, all_labels, is_replayed, passes)
+
+    def _step_in_one_pass(
+        self,
+        texts: list[str],
+        labels: list[str],
+        new_labels: list[str],
+        batch: BatchEncoding,
+        all_labels: list[str],
+        is_replayed: Tensor,
+    ) -> LearnReport:
+        embeddings = self._encode(batch, decide=True)
         if not torch.isfinite(embeddings).all():
             return self._skip()
         self._score_before_learning(embeddings[: len(texts)], labels)
@@ -312,14 +323,58 @@ class OnlineLearner:
         if not torch.isfinite(step.loss):
             return self._skip()
         step.loss.backward()
+        return self._update(texts, labels, step.touched, step.loss.item())
+
+    def _step_in_passes(
+        self,
+        texts: list[str],
+        labels: list[str],
+        batch: BatchEncoding,
+        all_labels: list[str],
+        is_replayed: Tensor,
+        passes: list[Tensor],
+    ) -> LearnReport:
+        """The same step in several forward and backward passes: only one pass's activations are held at
+        a time, texts of like length share a pass, and the gradients add up to the one-pass step's."""
+        targets = self.model.label_ids(all_labels)
+        plan = plan_loss(targets, self.config.loss, is_replayed, len(self.model.labels))
+        assert plan is not None, "a model of one label learns in one pass"
+        incoming = torch.empty(len(texts), self.model.head.weight.shape[1], device=self.model.device)
+        loss = 0.0
+        for rows in passes:
+            embeddings = self._encode(_rows_of(batch, rows), decide=False)
+            if not torch.isfinite(embeddings).all():
+                return self._skip()
+            new = rows < len(texts)
+            incoming[rows[new]] = embeddings[new].detach()
+            part = pass_loss(plan, self.model.head(embeddings), targets[rows], is_replayed[rows])
+            if not torch.isfinite(part):
+                return self._skip()
+            part.backward()
+            loss += part.item()
+        # The head moves only in the update, so every pass saw the model these examples are scored by.
+        self._score_before_learning(incoming, labels)
+        return self._update(texts, labels, plan.touched, loss)
+
+    def _encode(self, batch: BatchEncoding, decide: bool) -> Tensor:
+        with (
+            self.strategy.measuring(batch["attention_mask"], decide),
+            autocast(self.model.device, self.precision),
+        ):
+            embeddings = self.model.embed(batch)
+        # The head, imprinting and the loss take float32 whatever the encoder's precision.
+        return embeddings.float()
+
+    def _update(self, texts: list[str], labels: list[str], touched: Tensor, loss: float) -> LearnReport:
+        """Apply the step whose gradients backward left, unless one of them is not finite."""
         if not self._gradients_finite():
             return self._skip()
-        self.strategy.step(self.optimizer, self._head_rows(step.touched))
+        self.strategy.step(self.optimizer, self._head_rows(touched))
         self.optimizer.zero_grad(set_to_none=True)
         self.strategy.learned(texts, labels)
         self.counters.updates += 1
         self.counters.examples_trained += len(texts)
-        return LearnReport(trained=len(texts), loss=step.loss.item())
+        return LearnReport(trained=len(texts), loss=loss)
 
     def _score_before_learning(self, embeddings: Tensor, labels: list[str]) -> None:
         """Record the model's guess for each incoming example in the prequential accuracy, and mark both
@@ -519,6 +574,23 @@ class OnlineLearner:
             self.prequential.load_state_dict(state["prequential"])
         self.at_risk = Counter(state.get("at_risk", {}))
         return state.get("extra")
+
+
+def _passes(attention_mask: Tensor, size: int) -> list[Tensor]:
+    """A step's rows in passes of at most `size` examples (0: one pass), as even as can be, the longest
+    texts together so that each pass pads little."""
+    count = attention_mask.shape[0]
+    if size <= 0 or count <= size:
+        return [torch.arange(count, device=attention_mask.device)]
+    order = attention_mask.sum(dim=1).argsort(descending=True, stable=True)
+    return list(order.tensor_split(math.ceil(count / size)))
+
+
+def _rows_of(batch: BatchEncoding, rows: Tensor) -> BatchEncoding:
+    """These rows of a padded batch, without the token positions that are padding in all of them."""
+    mask = batch["attention_mask"][rows]
+    used = mask.any(dim=0)
+    return BatchEncoding({"input_ids": batch["input_ids"][rows][:, used], "attention_mask": mask[:, used]})
 
 
 def _strip(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

@@ -72,9 +72,9 @@ def test_label_cap_refuses_the_batch_and_changes_nothing() -> None:
     assert all(torch.equal(before[k], v) for k, v in weights(learner).items())
 
 
-@pytest.mark.parametrize("strategy", ["sgd", "migu"])
-def test_non_finite_loss_skips_the_step_and_keeps_weights(strategy: str) -> None:
-    learner = make_learner(strategy=strategy, head="linear")
+@pytest.mark.parametrize(("strategy", "pass_size"), [("sgd", 0), ("migu", 0), ("migu", 2)])
+def test_non_finite_loss_skips_the_step_and_keeps_weights(strategy: str, pass_size: int) -> None:
+    learner = make_learner(strategy=strategy, head="linear", pass_size=pass_size)
     learner.train_step(SPORTS[:2] + FINANCE[:2], ["sports", "sports", "finance", "finance"])
     with torch.no_grad():
         learner.model.head.bias[0] = float("inf")
@@ -84,6 +84,37 @@ def test_non_finite_loss_skips_the_step_and_keeps_weights(strategy: str) -> None
     assert learner.counters.skipped_steps == 1 and learner.counters.updates == 1
     after = weights(learner)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def without_dropout(learner: OnlineLearner) -> OnlineLearner:
+    for module in learner.model.encoder.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if hasattr(module, "dropout_prob"):
+            module.dropout_prob = 0.0
+    return learner
+
+
+def test_a_step_in_passes_makes_the_update_of_the_step_in_one() -> None:
+    texts = [f"{text}{' and more words' * (i % 4)}" for i, text in enumerate(SPORTS[:4] + FINANCE[:4])]
+    labels = ["sports"] * 4 + ["finance"] * 4
+    one, passes = (
+        without_dropout(make_learner(strategy="migu+replay", precision="fp32", pass_size=size))
+        for size in (0, 3)
+    )
+    forwards: dict[str, list[int]] = {}
+    losses: dict[str, list[float | None]] = {}
+    for name, learner in (("one", one), ("passes", passes)):
+        calls = forwards[name] = []
+        learner.model.encoder.register_forward_hook(lambda *_, calls=calls: calls.append(1))
+        # The first step imprints both labels in one pass; the next two (8 new, 4 replayed) take four.
+        losses[name] = [learner.train_step(texts, labels).loss for _ in range(3)]
+    assert len(forwards["passes"]) == len(forwards["one"]) + 6
+    assert losses["passes"] == pytest.approx(losses["one"], rel=1e-5)
+    for key, value in weights(one).items():
+        torch.testing.assert_close(weights(passes)[key], value, rtol=1e-4, atol=1e-6)
+    assert passes.keep_rates() == pytest.approx(one.keep_rates())
+    assert passes.prequential.report() == one.prequential.report()
 
 
 def test_migu_updates_about_the_top_rows_only() -> None:

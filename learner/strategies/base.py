@@ -45,8 +45,9 @@ class Strategy:
         return texts, labels
 
     @contextlib.contextmanager
-    def measuring(self, attention_mask: Tensor) -> Iterator[None]:
-        """Around the forward pass: what the strategy needs to see of it."""
+    def measuring(self, attention_mask: Tensor, decide: bool = True) -> Iterator[None]:
+        """Around a forward pass: what the strategy needs to see of it. `decide` is False when more forward
+        passes of the same step follow (see `MiguGate.measuring`)."""
         yield
 
     def step(self, optimizer: torch.optim.Optimizer, row_masks: RowMasks) -> None:

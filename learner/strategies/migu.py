@@ -34,8 +34,8 @@ class Migu(Strategy):
             exclude_padding=not config.gate_padding,
         )
 
-    def measuring(self, attention_mask: Tensor) -> AbstractContextManager[None]:
-        return self.gate.measuring(attention_mask)
+    def measuring(self, attention_mask: Tensor, decide: bool = True) -> AbstractContextManager[None]:
+        return self.gate.measuring(attention_mask, decide)
 
     def step(self, optimizer: torch.optim.Optimizer, row_masks: RowMasks) -> None:
         # The gate covers the encoder, the head's masks come from the loss: they never share a parameter.
