@@ -1,30 +1,35 @@
 """Cost of one learner update per strategy, as a ratio to plain fine-tuning measured in the same run.
 
     python -m bench.step_speed [--strategies sgd,migu,migu@precision=bf16] [--steps 20] [--batch 16]
-                               [--tokens 128] [--out bench/results/step_speed.json]
+                               [--tokens 128] [--texts long|mixed] [--out bench/results/step_speed.json]
 
-A strategy may name the precision of its training forward after an `@` (RETENTIVE_PRECISION). Steps of the
-strategies are interleaved (sgd, migu, sgd, migu, ...) so that load from elsewhere on a shared
-machine falls on all of them alike; the ratio of median step times is what is reported.
+A strategy may be followed by learner settings as `bench.cl_stream` takes them (`migu+replay@precision=bf16
+@pass_size=12`); the training forward is fp32 unless one names the precision. Steps of the strategies are
+interleaved (sgd, migu, sgd, migu, ...) so that load from elsewhere on a shared machine falls on all of them
+alike; the ratio of median step times is what is reported. `--texts long` (the default) steps on long
+reviews only, every text at the token limit; `--texts mixed` on the four tasks' training texts shuffled
+together, as a stream brings them, short and long in one batch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from bench.data import read_split
+from bench.cl_stream import parse_run
+from bench.data import read_split, task_orders
 from bench.meta import run_metadata
 from learner.encoder import default_model_path, load_encoder, tiny_bert
 from learner.online import LearnerConfig, OnlineLearner
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -33,22 +38,24 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--texts", choices=("long", "mixed"), default="long")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps (a smoke run)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/step_speed.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     names = args.strategies.split(",")
     steps = 2 if args.quick else args.steps
-    times = step_times(names, steps, args.warmup, args.batch, args.tokens, args.quick)
+    times = step_times(names, steps, args.warmup, args.batch, args.tokens, args.quick, args.texts)
 
     reference = statistics.median(times[names[0]])
     result = {
-        **run_metadata("bench.step_speed"),
+        **run_metadata("bench.step_speed", argv),
         "model": "tiny" if args.quick else "all-MiniLM-L6-v2",
         "batch": args.batch,
         "tokens": args.tokens,
+        "texts": args.texts,
         "steps": steps,
         "median_step_s": {name: statistics.median(t) for name, t in times.items()},
         f"ratio_to_{names[0]}": {name: statistics.median(t) / reference for name, t in times.items()},
@@ -56,15 +63,21 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    return result
 
 
 def step_times(
-    names: list[str], steps: int, warmup: int, batch: int, tokens: int, quick: bool = False
+    names: list[str],
+    steps: int,
+    warmup: int,
+    batch: int,
+    tokens: int,
+    quick: bool = False,
+    kind: str = "long",
 ) -> dict[str, list[float]]:
     """Seconds of each timed step per strategy, the strategies' steps interleaved on the same batches."""
     learners = {name: _learner(name, tokens, quick) for name in names}
-    # Long reviews, so every text fills the token budget and all steps see the same shapes.
-    records = [r for r in read_split("yelp", "train", 2000) if len(r["text"]) > 1500]
+    records = _records(kind)
     texts, labels = [r["text"] for r in records], [r["label"] for r in records]
     times: dict[str, list[float]] = {name: [] for name in names}
     for step in range(warmup + steps):
@@ -78,16 +91,23 @@ def step_times(
     return times
 
 
+def _records(kind: str) -> list[dict[str, str]]:
+    if kind == "long":
+        # Long reviews, so every text fills the token budget and all steps see the same shapes.
+        return [r for r in read_split("yelp", "train", 2000) if len(r["text"]) > 1500]
+    mixed = [
+        {"text": r["text"], "label": f"{task}/{r['label']}"}
+        for task in task_orders()["order1"]
+        for r in read_split(task, "train", 500)
+    ]
+    random.Random(0).shuffle(mixed)
+    return mixed
+
+
 def _learner(spec: str, tokens: int, quick: bool) -> OnlineLearner:
-    strategy, _, option = spec.partition("@")
-    key, _, precision = option.partition("=")
-    if option and key != "precision":
-        raise SystemExit(f"--strategies: {spec!r}: only precision=fp32|bf16 may follow the @")
     tokenizer, encoder = tiny_bert() if quick else load_encoder(default_model_path())
-    config = LearnerConfig(
-        strategy=strategy, precision=precision or "fp32", max_length=tokens, probe_fraction=0
-    )
-    return OnlineLearner(tokenizer, encoder, config)
+    defaults = LearnerConfig(precision="fp32", max_length=tokens, probe_fraction=0)
+    return OnlineLearner(tokenizer, encoder, parse_run(spec, defaults).config)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,18 @@ import pytest
 import torch
 
 from app.settings import Settings
-from bench import backoff, cl_stream, false_alarms, long_stream, memory, speed, tables, tune, writes
+from bench import (
+    backoff,
+    cl_stream,
+    false_alarms,
+    long_stream,
+    memory,
+    speed,
+    step_speed,
+    tables,
+    tune,
+    writes,
+)
 from bench.data import DEV_PER_TASK, read_scoring, read_train
 from learner.forgetting import task_metrics
 from learner.online import Example
@@ -274,13 +285,31 @@ def test_writes_measure_what_holds_training_up_against_what_did(tmp_path: Path, 
 
 def test_memory_measures_each_allocator_in_a_process_of_its_own(tmp_path: Path, cl_stream_dir: Path) -> None:
     out = tmp_path / "memory.json"
-    memory.main(["--quick", "--steps", "3", "--rounds", "1", "--out", str(out)])
+    memory.main(["--quick", "--steps", "3", "--rounds", "1", "--pass-sizes", "0,4", "--out", str(out)])
     result = json.loads(out.read_text())
     variants = result["variants"]
-    assert set(variants) | set(result["unavailable"]) == set(memory.VARIANTS)
+    assert set(result["unavailable"]) | set(memory.available()) == set(memory.ALLOCATORS)
+    assert set(variants) == {
+        f"{name}{suffix}" for name in memory.available() for suffix in ("", "@pass_size=4")
+    }
     assert variants["glibc"]["peak_vs_glibc"] == 1.0
     for figures in variants.values():
         assert figures["peak_rss_mb"] >= figures["end_rss_mb"] > 0 and figures["median_step_s"] > 0
+        # What stays in use after the run and after loading lies below what a step reaches.
+        assert 0 < figures["loaded_mb"] <= figures["step_peak_mb"] <= figures["peak_rss_mb"]
+        assert 0 < figures["held_mb"] <= figures["step_peak_mb"]
+        assert 0 < figures["snapshot_peak_mb"] <= figures["peak_rss_mb"]
     runs = result["runs"]
     assert not any(run["tcmalloc_loaded"] for run in runs["glibc"])
     assert all(run["tcmalloc_loaded"] for run in runs.get("tcmalloc", []))
+
+
+def test_step_speed_times_strategies_and_passes_on_texts_as_a_stream_mixes_them(
+    tmp_path: Path, cl_stream_dir: Path
+) -> None:
+    out = tmp_path / "step_speed.json"
+    specs = ["sgd", "migu+replay@pass_size=4"]
+    step_speed.main(["--quick", "--texts", "mixed", "--strategies", ",".join(specs), "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["texts"] == "mixed" and set(result["median_step_s"]) == set(specs)
+    assert result["ratio_to_sgd"]["sgd"] == 1.0 and result["ratio_to_sgd"][specs[1]] > 0
