@@ -64,7 +64,9 @@ class LearnerConfig:
     recent_size: int = 1000
     recent_ratio: float = 3.0
     max_length: int = 128
-    pass_size: int = 0
+    # Passes of 12: a default step (24 examples) holds half its activations at once, and pads less where
+    # texts differ in length; bench.memory, bench.step_speed and bench/results/passes measure it.
+    pass_size: int = 12
     max_labels: int = 10_000
     device: str = "auto"
     precision: Precision = "auto"
@@ -335,7 +337,8 @@ class OnlineLearner:
         passes: list[Tensor],
     ) -> LearnReport:
         """The same step in several forward and backward passes: only one pass's activations are held at
-        a time, texts of like length share a pass, and the gradients add up to the one-pass step's."""
+        a time, texts of like length share a pass, and the gradients add up to the one-pass step's (the
+        gate measures real tokens only, unless `gate_padding` counts the padding that passes cut)."""
         targets = self.model.label_ids(all_labels)
         plan = plan_loss(targets, self.config.loss, is_replayed, len(self.model.labels))
         assert plan is not None, "a model of one label learns in one pass"
