@@ -36,7 +36,7 @@ def run(requests: int, quick: bool, scratch: Path) -> dict[str, Any]:
     with serving(scratch / "data", **settings) as (base, _):
         client = httpx.Client(base_url=base, timeout=300)
         client.post("/v1/feedback", json={"examples": train[:48]}).raise_for_status()
-        eventually(lambda: client.get("/v1/model").json()["model_version"] is not None, 600, "a first model")
+        eventually(lambda: _served_after_training(client), 600, "a first model and the updates it holds")
         before = client.get("/v1/model").json()["counters"]
         stop = threading.Event()
         feeder = threading.Thread(target=_feed, args=(client, train[48:], stop), daemon=True)
@@ -58,6 +58,13 @@ def run(requests: int, quick: bool, scratch: Path) -> dict[str, Any]:
         "updates": after.get("updates", 0) - before.get("updates", 0),
         "updates_before": before.get("updates", 0),
     }
+
+
+def _served_after_training(client: httpx.Client) -> bool:
+    """A replica serves weights and the learner has reported its updates: a replica may load a snapshot
+    from the store before the learner has announced it and published its counters."""
+    model = client.get("/v1/model").json()
+    return model["model_version"] is not None and model["counters"].get("updates", 0) >= 1
 
 
 def _feed(client: httpx.Client, records: list[dict[str, str]], stop: threading.Event) -> None:
