@@ -29,6 +29,7 @@ LONG_DIR = RESULTS / "long"
 ORDERS_DIR = RESULTS / "orders"
 PRECISION_DIR = RESULTS / "precision"
 BATCH_DIR = RESULTS / "batch_size"
+PASSES_DIR = RESULTS / "passes"
 ORDERS = ("order1", "order2", "order3")
 TUNING_DIR = RESULTS / "tuning"
 # Student's t at 97.5% for 1 to 9 degrees of freedom: a 95% interval of a mean over 2 to 10 seeds.
@@ -523,9 +524,8 @@ def measured_alone_table() -> str:
     quantized = _result("quantized")["details"]["quantized"]
     after, before = _result("backoff"), _result("backoff_before")
     batching = _result("predict_batching")
-    memory = _result("memory")
+    passes, passes_long = _result("step_speed_passes"), _result("step_speed_passes_long")
     writes = _result("writes")
-    glibc, tcmalloc = memory["variants"]["glibc"], memory["variants"]["tcmalloc"]
     figures = [
         (
             "`migu` step, batch 16 at 128 tokens",
@@ -582,13 +582,8 @@ def measured_alone_table() -> str:
             f"forward passes of {batching['max_batch']}: {batching['texts_per_s']['chunked']:.1f}",
             "predict_batching",
         ),
-        (
-            f"learner's peak memory, `{memory['strategy']}`, {memory['steps']} steps and a snapshot",
-            f"tcmalloc: {tcmalloc['peak_rss_mb']:,.0f} MB ({tcmalloc['peak_vs_glibc']:.2f}x), "
-            f"step time {tcmalloc['step_vs_glibc']:.2f}x",
-            f"glibc malloc: {glibc['peak_rss_mb']:,.0f} MB",
-            "memory",
-        ),
+        *(_passes_figure(result, texts) for result, texts in ((passes, "mixed"), (passes_long, "long"))),
+        *_memory_figures(_result("memory")),
         *(
             (
                 f"training held up by a {kind} ({writes[kind]['megabytes']:.0f} MB)",
@@ -604,6 +599,57 @@ def measured_alone_table() -> str:
     for figure, measured, reference, name in figures:
         rows.append(f"| {figure} | {measured} | {reference} | `{name}.json` |")
     return "\n".join(rows)
+
+
+def _passes_figure(result: dict, texts: str) -> tuple[str, str, str, str]:
+    """A step in passes against the same step in one pass, from a `bench.step_speed` run of the two."""
+    one, passes = result["median_step_s"]
+    ratio = result[f"ratio_to_{one}"][passes]
+    kind = "texts of mixed lengths" if texts == "mixed" else "every text at the token limit"
+    size = passes.rpartition("pass_size=")[2]
+    return (
+        f"`{one.partition('@')[0]}` step in passes of {size}, {kind}",
+        f"{result['median_step_s'][passes]:.3f} s ({ratio:.2f}x)",
+        f"one pass: {result['median_step_s'][one]:.3f} s ({_threads(result)})",
+        "step_speed_passes" if texts == "mixed" else "step_speed_passes_long",
+    )
+
+
+def _memory_figures(memory: dict) -> list[tuple[str, str, str, str]]:
+    """The learner's peak per allocator in one pass and in passes, and what it holds, from `bench.memory`."""
+    variants = memory["variants"]
+    glibc, tcmalloc = variants["glibc"], variants["tcmalloc"]
+    size = max(memory["pass_sizes"])
+    in_passes = {name: variants[f"{name}@pass_size={size}"] for name in ("glibc", "tcmalloc")}
+    steps = f"`{memory['strategy']}`, {memory['steps']} steps of long texts and a snapshot"
+    held = in_passes["tcmalloc"]
+    return [
+        (
+            f"learner's peak memory, {steps}, one pass each",
+            f"tcmalloc: {tcmalloc['peak_rss_mb']:,.0f} MB ({tcmalloc['peak_vs_glibc']:.2f}x), "
+            f"step time {tcmalloc['step_vs_glibc']:.2f}x",
+            f"glibc malloc: {glibc['peak_rss_mb']:,.0f} MB",
+            "memory",
+        ),
+        (
+            f"learner's peak memory, {steps}, passes of {size}",
+            "; ".join(
+                f"{name}: {figures['peak_rss_mb']:,.0f} MB ({figures['peak_vs_glibc']:.2f}x), "
+                f"step time {figures['step_vs_glibc']:.2f}x"
+                for name, figures in in_passes.items()
+            ),
+            f"glibc malloc, one pass: {glibc['peak_rss_mb']:,.0f} MB",
+            "memory",
+        ),
+        (
+            f"what the learner holds, tcmalloc, passes of {size}",
+            f"{held['loaded_mb']:,.0f} MB loaded; {held['held_mb']:,.0f} MB between steps; "
+            f"{held['step_peak_mb']:,.0f} MB at a step's peak, {held['snapshot_peak_mb']:,.0f} MB while "
+            "saving a snapshot",
+            f"one pass: {tcmalloc['step_peak_mb']:,.0f} MB at a step's peak",
+            "memory",
+        ),
+    ]
 
 
 def _threads(result: dict) -> str:
@@ -657,16 +703,7 @@ def batch() -> str:
         f"{smallest} (paired) |",
         "|---:|---:|---:|---:|---:|",
     ]
-    for size, by_seed in sorted(runs.items()):
-        rows = [by_seed[seed] for seed in sorted(by_seed)]
-        speedups = [
-            row["examples_per_s"] / runs[smallest][seed]["examples_per_s"] for seed, row in by_seed.items()
-        ]
-        lines.append(
-            f"| {size} | {mean_sd([r['aa'] for r in rows])} "
-            f"| {mean_sd([r['prequential']['cumulative'] for r in rows])} "
-            f"| {mean_sd([r['examples_per_s'] for r in rows], 1)} | {mean_sd(speedups, 2)}x |"
-        )
+    lines += _setting_rows(runs, smallest)
     aa = {
         f"steps of {size}": {seed: row["aa"] for seed, row in by_seed.items()}
         for size, by_seed in runs.items()
@@ -677,12 +714,49 @@ def batch() -> str:
     return "\n".join([*lines, "", *versus])
 
 
+def _setting_rows(runs: dict[Any, dict[int, dict]], reference: Any) -> list[str]:
+    """A row per setting: AA, prequential accuracy and examples/s over seeds, and examples/s against the
+    `reference` setting's, paired by seed."""
+    lines = []
+    for name, by_seed in sorted(runs.items()):
+        rows = [by_seed[seed] for seed in sorted(by_seed)]
+        speedups = [
+            row["examples_per_s"] / runs[reference][seed]["examples_per_s"] for seed, row in by_seed.items()
+        ]
+        lines.append(
+            f"| {name} | {mean_sd([r['aa'] for r in rows])} "
+            f"| {mean_sd([r['prequential']['cumulative'] for r in rows])} "
+            f"| {mean_sd([r['examples_per_s'] for r in rows], 1)} | {mean_sd(speedups, 2)}x |"
+        )
+    return lines
+
+
+def passes() -> str:
+    """The default strategy learning the same stream with each step in one pass and in passes, seed by
+    seed: AA, prequential accuracy and examples/s, and passes against one pass, paired by seed."""
+    runs: dict[str, dict[int, dict]] = {}
+    for path in sorted(PASSES_DIR.glob("*.json")):
+        result = json.loads(path.read_text())
+        for row in result["strategies"].values():
+            size = row["settings"]["pass_size"]
+            runs.setdefault(f"passes of {size}" if size else "one pass", {})[result["config"]["seed"]] = row
+    lines = [
+        "| each step in | AA | prequential accuracy | examples/s | examples/s against one pass (paired) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += _setting_rows(runs, "one pass")
+    aa = {name: {seed: row["aa"] for seed, row in by_seed.items()} for name, by_seed in runs.items()}
+    versus = [f"- {difference(name, 'one pass', aa)}" for name in sorted(aa) if name != "one pass"]
+    return "\n".join([*lines, "", *versus])
+
+
 TABLES = {
     "alarms": alarms,
     "arrival": arrival,
     "batch": batch,
     "long": long,
     "orders": orders,
+    "passes": passes,
     "precision": precision,
     "speed": speed,
 }
