@@ -21,6 +21,7 @@ from statistics import mean
 from typing import Any
 
 from bench import long_stream
+from bench.memory import variant_name
 
 RESULTS = Path(__file__).parent / "results"
 ARRIVAL_DIR = RESULTS / "arrival"
@@ -524,7 +525,6 @@ def measured_alone_table() -> str:
     quantized = _result("quantized")["details"]["quantized"]
     after, before = _result("backoff"), _result("backoff_before")
     batching = _result("predict_batching")
-    passes, passes_long = _result("step_speed_passes"), _result("step_speed_passes_long")
     writes = _result("writes")
     figures = [
         (
@@ -582,7 +582,7 @@ def measured_alone_table() -> str:
             f"forward passes of {batching['max_batch']}: {batching['texts_per_s']['chunked']:.1f}",
             "predict_batching",
         ),
-        *(_passes_figure(result, texts) for result, texts in ((passes, "mixed"), (passes_long, "long"))),
+        *(_passes_figure(name) for name in ("step_speed_passes", "step_speed_passes_long")),
         *_memory_figures(_result("memory")),
         *(
             (
@@ -601,17 +601,18 @@ def measured_alone_table() -> str:
     return "\n".join(rows)
 
 
-def _passes_figure(result: dict, texts: str) -> tuple[str, str, str, str]:
+def _passes_figure(name: str) -> tuple[str, str, str, str]:
     """A step in passes against the same step in one pass, from a `bench.step_speed` run of the two."""
+    result = _result(name)
     one, passes = result["median_step_s"]
     ratio = result[f"ratio_to_{one}"][passes]
-    kind = "texts of mixed lengths" if texts == "mixed" else "every text at the token limit"
+    kind = "texts of mixed lengths" if result["texts"] == "mixed" else "every text at the token limit"
     size = passes.rpartition("pass_size=")[2]
     return (
         f"`{one.partition('@')[0]}` step in passes of {size}, {kind}",
         f"{result['median_step_s'][passes]:.3f} s ({ratio:.2f}x)",
         f"one pass: {result['median_step_s'][one]:.3f} s ({_threads(result)})",
-        "step_speed_passes" if texts == "mixed" else "step_speed_passes_long",
+        name,
     )
 
 
@@ -620,7 +621,7 @@ def _memory_figures(memory: dict) -> list[tuple[str, str, str, str]]:
     variants = memory["variants"]
     glibc, tcmalloc = variants["glibc"], variants["tcmalloc"]
     size = max(memory["pass_sizes"])
-    in_passes = {name: variants[f"{name}@pass_size={size}"] for name in ("glibc", "tcmalloc")}
+    in_passes = {name: variants[variant_name(name, size)] for name in ("glibc", "tcmalloc")}
     steps = f"`{memory['strategy']}`, {memory['steps']} steps of long texts and a snapshot"
     held = in_passes["tcmalloc"]
     return [
