@@ -108,7 +108,7 @@ def _batcher(
         classify,
         max_batch=settings.predict_max_batch,
         max_wait_s=settings.predict_max_wait_ms / 1000,
-        on_batch=lambda size, _: metrics.batch_size.observe(size),
+        on_batch=metrics.observe_batch,
         max_queue=settings.predict_max_queue,
         timeout_s=settings.predict_timeout_s,
     )

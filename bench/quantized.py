@@ -86,7 +86,12 @@ def _trained_classifier(model: str, batch: int, per_task: int, seed: int) -> Tex
 
 
 def forward_ms(classifier: TextClassifier, texts: list[str]) -> float:
-    """Median milliseconds of one text's bare forward pass `head(encoder(batch))`, tokenized beforehand."""
+    """Median milliseconds of one text's bare forward pass."""
+    return statistics.median(forward_timings(classifier, texts))
+
+
+def forward_timings(classifier: TextClassifier, texts: list[str]) -> list[float]:
+    """Milliseconds of each text's bare forward pass `head(encoder(batch))`, tokenized beforehand."""
     batches = [classifier.tokenize([text]) for text in texts]
     timings = []
     with torch.inference_mode():
@@ -94,7 +99,7 @@ def forward_ms(classifier: TextClassifier, texts: list[str]) -> float:
             began = time.perf_counter()
             classifier.head(classifier.embed(tokens))
             timings.append((time.perf_counter() - began) * 1000)
-    return statistics.median(timings)
+    return timings
 
 
 def _paired_difference(first: list[bool], second: list[bool]) -> tuple[float, float]:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from learner.encoder import tiny_bert
 from streams.connection import connect, stop_embedded
@@ -36,6 +37,15 @@ def eventually(check: Callable[[], bool], timeout: float, what: str, every: floa
             return
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def metric_sample(exposition: str, name: str, **labels: str) -> float:
+    """One sample's value from a `/metrics` page."""
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    raise AssertionError(f"no sample {name}{labels or ''} on the metrics page")
 
 
 def free_port() -> int:
@@ -83,8 +93,11 @@ def serve_log(data_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def serving(data_dir: Path, *args: str, **settings: object) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`retentive serve ARGS` on a free port until the block ends: its base URL and its process.
+def serving(
+    data_dir: Path, *args: str, environ: dict[str, str] | None = None, **settings: object
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`retentive serve ARGS` on a free port until the block ends: its base URL and its process; `environ`
+    adds variables that are not settings (such as `LD_PRELOAD`).
 
     Its output goes to `serve_log(data_dir)`: a pipe nobody reads would fill up with the access log and
     stall the server."""
@@ -94,7 +107,7 @@ def serving(data_dir: Path, *args: str, **settings: object) -> Iterator[tuple[st
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             ["retentive", "serve", *args],
-            env=service_env(data_dir, port=port, **settings),
+            env=service_env(data_dir, port=port, **settings) | (environ or {}),
             stdout=log,
             stderr=subprocess.STDOUT,
         )

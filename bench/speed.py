@@ -11,7 +11,9 @@ machine.
 - then one real `retentive serve` (API and learner child) over HTTP: freshness, from a feedback POST until a
   prediction comes from weights that applied it (seen as the new label appearing); with the learner paused,
   so that the API is a replica like any other, p50 and p99 of one-text requests against the bare forward
-  pass `head(encoder(**batch))` on RETENTIVE_API_THREADS threads (`predict_p50_vs_bare`), texts/s from 16
+  pass `head(encoder(**batch))` on RETENTIVE_API_THREADS threads (`predict_p50_vs_bare`), timed in
+  alternating blocks of ten on the same texts, with the API's own mean time in forward passes (its
+  `retentive_predict_batch_seconds`) beside the bare pass's mean; texts/s from 16
   concurrent clients against bare batched forward passes of 16, and ingest, examples/s through POST
   /v1/feedback in batches of 100, against pipelined XADD from redis-py; then p99 while the learner trains
   flat out on a backlog against the same with the learner paused, in alternating phases;
@@ -55,9 +57,11 @@ from torch.nn import functional
 from app.learner_loop import LearnerLoop, publication_spacing
 from app.settings import Settings
 from bench.data import read_split
+from bench.memory import ALLOCATORS
+from bench.memory import available as available_allocators
 from bench.meta import run_metadata
-from bench.quantized import forward_ms, quantized_figures
-from bench.service import eventually, save_tiny_model, serving
+from bench.quantized import forward_timings, quantized_figures
+from bench.service import eventually, metric_sample, save_tiny_model, serving
 from bench.step_speed import step_times
 from learner.classifier import TextClassifier
 from learner.devices import describe, resolve_device, resolve_precision
@@ -99,6 +103,8 @@ SERVICE_FIGURES = [
     "predict_p50_vs_bare",
     "predict_p99_ms",
     "bare_forward_ms",
+    "api_forward_mean_ms",
+    "bare_forward_mean_ms",
     "throughput_vs_bare",
     "p99_learning_vs_paused",
     "ingest_vs_xadd",
@@ -193,6 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "api": describe(resolve_device(defaults.serving_device())),
         },
         "precision": resolve_precision(defaults.precision, resolve_device(defaults.device)),
+        "allocator": service["allocator"],
         "learner_vs_bare": learner["ratio"],
         "default_vs_bare": learner["default_vs_bare"],
         "migu_vs_sgd_step": migu_ratio,
@@ -464,7 +471,10 @@ def service_figures(
     like any other: prediction latency, throughput and ingest are measured then, against their bare
     references; freshness before, and serving while learning after, on a backlog."""
     texts = [r["text"] for r in read_split("agnews", "test", max(sizes.requests, 200))]
-    with serving(data_dir, model=model) as (base, process):
+    torch.set_num_threads(defaults.api_threads)
+    classifier = _topic_classifier(model)
+    allocator = service_allocator()
+    with serving(data_dir, model=model, environ=ALLOCATORS[allocator]) as (base, process):
         with httpx.Client(base_url=base, timeout=60) as client:
             _post(client, records[:64])
             eventually(lambda: _predicts(client), 600, "the first model")
@@ -472,7 +482,9 @@ def service_figures(
             _pause(client)
             for text in texts[:10]:
                 _predicts(client, text)
-            latencies = _sequential_predictions(client, texts[: sizes.requests])
+            forward_before = _forward_seconds(client)
+            latencies, bare = _predictions_beside_bare(client, classifier, texts[: sizes.requests])
+            api_forward_ms = _mean_ms(_forward_seconds(client), forward_before)
             served_rate = _concurrent_predictions(base, texts, sizes.clients, sizes.client_requests)
             ingest = _ingest_rate(client, sizes.ingest_batches)
             xadd = _xadd_rate(data_dir, sizes.ingest_batches)
@@ -483,15 +495,15 @@ def service_figures(
         learner_rss = max(
             (_peak_rss_mb(child.pid) for child in psutil.Process(process.pid).children()), default=0.0
         )
-    torch.set_num_threads(defaults.api_threads)
-    classifier = _topic_classifier(model)
     bare_rate = _bare_batched_rate(classifier, texts, sizes.clients, sizes.client_requests)
-    bare_ms = forward_ms(classifier, texts[: sizes.requests])
+    bare_ms = statistics.median(bare)
     return {
         "predict_p50_ms": _percentile(latencies, 50),
         "predict_p99_ms": _percentile(latencies, 99),
         "bare_forward_ms": bare_ms,
         "predict_p50_vs_bare": _percentile(latencies, 50) / bare_ms,
+        "api_forward_mean_ms": api_forward_ms,
+        "bare_forward_mean_ms": statistics.mean(bare),
         "served_texts_per_s": served_rate,
         "bare_batched_texts_per_s": bare_rate,
         "throughput_vs_bare": served_rate / bare_rate,
@@ -510,9 +522,16 @@ def service_figures(
         "api_rss_mb": api_rss,
         "learner_rss_mb": learner_rss,
         "api_threads": defaults.api_threads,
+        "allocator": allocator,
         "requests": sizes.requests,
         "clients": sizes.clients,
     }
+
+
+def service_allocator() -> str:
+    """The malloc the service runs with: tcmalloc, which the container image preloads, where it is
+    installed, else glibc's."""
+    return "tcmalloc" if "tcmalloc" in available_allocators() else "glibc"
 
 
 def _topic_classifier(model: str) -> TextClassifier:
@@ -531,6 +550,33 @@ def _predicts(client: httpx.Client, text: str = "x") -> bool:
 def _pause(client: httpx.Client) -> None:
     client.post("/v1/learner/pause", json={}).raise_for_status()
     eventually(lambda: _learner_state(client) == "paused", 120, "the learner to pause")
+
+
+def _predictions_beside_bare(
+    client: httpx.Client, classifier: TextClassifier, texts: list[str], block: int = 10
+) -> tuple[list[float], list[float]]:
+    """Milliseconds of one-text requests and of the bare forward pass on the same texts, in alternating
+    blocks, so that a machine slowing down or speeding up moves both alike."""
+    served: list[float] = []
+    bare: list[float] = []
+    for start in range(0, len(texts), block):
+        part = texts[start : start + block]
+        served += _sequential_predictions(client, part)
+        bare += forward_timings(classifier, part)
+    return served, bare
+
+
+def _forward_seconds(client: httpx.Client) -> tuple[float, float]:
+    """The API's time in batched forward passes so far, and their count, from its metrics."""
+    page = client.get("/metrics").raise_for_status().text
+    return (
+        metric_sample(page, "retentive_predict_batch_seconds_sum"),
+        metric_sample(page, "retentive_predict_batch_seconds_count"),
+    )
+
+
+def _mean_ms(after: tuple[float, float], before: tuple[float, float]) -> float:
+    return 1000 * (after[0] - before[0]) / (after[1] - before[1])
 
 
 def _sequential_predictions(client: httpx.Client, texts: list[str]) -> list[float]:

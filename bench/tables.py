@@ -437,6 +437,7 @@ def speed_figures(result: dict) -> list[tuple[str, str, str, str]]:
             f"bare `head(encoder(**batch))`: {service['bare_forward_ms']:.1f} ms",
             "predict_p50_vs_bare",
         ),
+        *_forward_rows(service),
         ("`/v1/predict` p99, one text", f"{service['predict_p99_ms']:.1f} ms", "", ""),
         (
             f"texts/s, {service['clients']} concurrent clients",
@@ -500,6 +501,20 @@ def speed_figures(result: dict) -> list[tuple[str, str, str, str]]:
     return figures
 
 
+def _forward_rows(service: dict) -> list[tuple[str, str, str, str]]:
+    """How much of a one-text answer the API spends in its forward pass; runs before that figure lack it."""
+    if "api_forward_mean_ms" not in service:
+        return []
+    return [
+        (
+            "forward pass inside the API, mean, one text",
+            f"{service['api_forward_mean_ms']:.1f} ms",
+            f"bare forward pass, mean: {service['bare_forward_mean_ms']:.1f} ms",
+            "",
+        )
+    ]
+
+
 def speed_table(result: dict, before: dict) -> str:
     """The full `bench.speed` run: each figure beside its reference from the same run, the figure of the
     run `before` it, and its aim; then the devices and precision the run used."""
@@ -513,7 +528,8 @@ def speed_table(result: dict, before: dict) -> str:
         rows.append(f"| {figure} | {measured} | {reference} | {then} | {aim} |")
     devices = ", ".join(f"{role} on {device}" for role, device in result["devices"].items())
     rows.append("")
-    rows.append(f"Devices: {devices}; the learner's training forward in {result['precision']}.")
+    malloc = f"; the service's processes with {result['allocator']} malloc" if "allocator" in result else ""
+    rows.append(f"Devices: {devices}; the learner's training forward in {result['precision']}{malloc}.")
     return "\n".join(rows)
 
 

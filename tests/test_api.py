@@ -11,7 +11,7 @@ import httpx
 import psutil
 import pytest
 
-from bench.service import QUICK_LEARNER, eventually, serving
+from bench.service import QUICK_LEARNER, eventually, metric_sample, serving
 from tests import services
 
 LABELS = {
@@ -217,6 +217,10 @@ def test_metrics_and_snapshots_report_what_happened(service: str, taught: Taught
     version = call(service, "GET", "/v1/model").json()["model_version"]
     assert f"retentive_model_version {float(version)}" in metrics
     assert "retentive_migu_keep_rate" in metrics and "retentive_predict_batch_texts_count" in metrics
+    # The model's share of the answers' time is there to read, and is part of it.
+    forward_s = metric_sample(metrics, "retentive_predict_batch_seconds_sum")
+    answer_s = metric_sample(metrics, "retentive_request_seconds_sum", route="/v1/predict", status="200")
+    assert 0 < forward_s < answer_s
     snapshots = call(service, "GET", "/v1/snapshots").json()
     versions = [s["version"] for s in snapshots]
     assert versions == sorted(versions, reverse=True) and versions[-1] <= version

@@ -105,6 +105,8 @@ def test_speed_quick_measures_every_figure_against_its_reference(tmp_path: Path,
         "predict_p50_vs_bare",
         "predict_p99_ms",
         "bare_forward_ms",
+        "api_forward_mean_ms",
+        "bare_forward_mean_ms",
         "throughput_vs_bare",
         "p99_learning_vs_paused",
         "ingest_vs_xadd",
@@ -125,6 +127,7 @@ def test_speed_quick_measures_every_figure_against_its_reference(tmp_path: Path,
     assert result["predict_p50_vs_bare"] == pytest.approx(p50_ratio)
     assert result["devices"]["learner"].startswith("cpu") and result["devices"]["api"].startswith("cpu")
     assert result["precision"] in ("fp32", "bf16")
+    assert result["allocator"] == speed.service_allocator()
     service = result["details"]["service"]
     assert service["requests_learning"] > 0 and service["requests_paused"] > 0
     learner = result["details"]["learner"]
