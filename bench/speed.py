@@ -62,7 +62,7 @@ from bench.memory import available as available_allocators
 from bench.meta import run_metadata
 from bench.quantized import forward_timings, quantized_figures
 from bench.service import eventually, metric_sample, save_tiny_model, serving
-from bench.step_speed import step_times
+from bench.step_speed import news_records, step_times
 from learner.classifier import TextClassifier
 from learner.devices import describe, resolve_device, resolve_precision
 from learner.encoder import default_model_path, load_encoder, mean_pool
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print("probe evaluation against training ...", flush=True)
             evaluation = evaluation_share(model, defaults, sizes.eval_rounds)
             return _write(args.out or Path("bench/results/eval_share.json"), _eval_result(evaluation, args))
-        records = _training_records(sizes.backlog)
+        records = news_records(sizes.backlog)
 
         print("learner loop against a bare AdamW loop ...", flush=True)
         learner = learner_throughput(model, records[: sizes.learn_examples], sizes.rounds, defaults, scratch)
@@ -322,7 +322,7 @@ def evaluation_share(model: str, defaults: Settings, rounds: int) -> dict[str, A
     tokenizer, encoder = load_encoder(model)
     learner = OnlineLearner(tokenizer, encoder, config)
     per_round = defaults.eval_every * defaults.batch_size
-    stream = _training_records(per_round * rounds + defaults.batch_size)
+    stream = news_records(per_round * rounds + defaults.batch_size)
     held = _probe_records(2 * defaults.eval_budget)
     learner.learn([Example(r["text"], r["label"]) for r in stream[: defaults.batch_size]])
     for start in range(0, len(held), defaults.probe_size):
@@ -389,7 +389,7 @@ class PromotionChecks:
 
 
 def _probe_records(count: int) -> list[dict[str, str]]:
-    """Test texts of the same tasks as `_training_records`, interleaved the same way: never trained on."""
+    """Test texts of the same tasks as `news_records`, interleaved the same way: never trained on."""
     half = -(-count // 2)
     pairs = zip(read_split("agnews", "test", half), read_split("dbpedia", "test", half), strict=True)
     return [record for pair in pairs for record in pair][:count]
@@ -705,13 +705,6 @@ def _post(client: httpx.Client, records: list[dict[str, str]]) -> None:
 
 def _model_dir(scratch: Path, quick: bool) -> str:
     return save_tiny_model(scratch / "tiny-model") if quick else str(default_model_path())
-
-
-def _training_records(count: int) -> list[dict[str, str]]:
-    """News topics and encyclopedia categories, interleaved, so every micro-batch holds several labels."""
-    half = -(-count // 2)
-    pairs = zip(read_split("agnews", "train", half), read_split("dbpedia", "train", half), strict=True)
-    return [record for pair in pairs for record in pair][:count]
 
 
 def _peak_rss_mb(pid: int) -> float:

@@ -1,14 +1,15 @@
 """Cost of one learner update per strategy, as a ratio to plain fine-tuning measured in the same run.
 
     python -m bench.step_speed [--strategies sgd,migu,migu@precision=bf16] [--steps 20] [--batch 16]
-                               [--tokens 128] [--texts long|mixed] [--out bench/results/step_speed.json]
+                               [--tokens 128] [--texts long|mixed|news] [--out bench/results/step_speed.json]
 
 A strategy may be followed by learner settings as `bench.cl_stream` takes them (`migu+replay@precision=bf16
 @pass_size=12`); the training forward is fp32 unless one names the precision. Steps of the strategies are
 interleaved (sgd, migu, sgd, migu, ...) so that load from elsewhere on a shared machine falls on all of them
 alike; the ratio of median step times is what is reported. `--texts long` (the default) steps on long
 reviews only, every text at the token limit; `--texts mixed` on the four tasks' training texts shuffled
-together, as a stream brings them, short and long in one batch.
+together, as a stream brings them, short and long in one batch; `--texts news` on news and encyclopedia
+texts, short to middling, the texts `bench.speed`'s learner loop trains on.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--texts", choices=("long", "mixed"), default="long")
+    parser.add_argument("--texts", choices=("long", "mixed", "news"), default="long")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps (a smoke run)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/step_speed.json"))
@@ -91,7 +92,16 @@ def step_times(
     return times
 
 
+def news_records(count: int) -> list[dict[str, str]]:
+    """News topics and encyclopedia categories, interleaved, so every micro-batch holds several labels."""
+    half = -(-count // 2)
+    pairs = zip(read_split("agnews", "train", half), read_split("dbpedia", "train", half), strict=True)
+    return [record for pair in pairs for record in pair][:count]
+
+
 def _records(kind: str) -> list[dict[str, str]]:
+    if kind == "news":
+        return news_records(2000)
     if kind == "long":
         # Long reviews, so every text fills the token budget and all steps see the same shapes.
         return [r for r in read_split("yelp", "train", 2000) if len(r["text"]) > 1500]

@@ -528,7 +528,10 @@ def speed_table(result: dict, before: dict) -> str:
         rows.append(f"| {figure} | {measured} | {reference} | {then} | {aim} |")
     devices = ", ".join(f"{role} on {device}" for role, device in result["devices"].items())
     rows.append("")
-    malloc = f"; the service's processes with {result['allocator']} malloc" if "allocator" in result else ""
+    allocators = {"tcmalloc": "tcmalloc", "glibc": "glibc's malloc"}
+    malloc = (
+        f"; the service's processes on {allocators[result['allocator']]}" if "allocator" in result else ""
+    )
     rows.append(f"Devices: {devices}; the learner's training forward in {result['precision']}{malloc}.")
     return "\n".join(rows)
 
