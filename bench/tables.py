@@ -601,7 +601,10 @@ def measured_alone_table() -> str:
             f"forward passes of {batching['max_batch']}: {batching['texts_per_s']['chunked']:.1f}",
             "predict_batching",
         ),
-        *(_passes_figure(name) for name in ("step_speed_passes", "step_speed_passes_long")),
+        *(
+            _passes_figure(name)
+            for name in ("step_speed_passes", "step_speed_passes_long", "step_speed_passes_news")
+        ),
         *_memory_figures(_result("memory")),
         *(
             (
@@ -625,10 +628,15 @@ def _passes_figure(name: str) -> tuple[str, str, str, str]:
     result = _result(name)
     one, passes = result["median_step_s"]
     ratio = result[f"ratio_to_{one}"][passes]
-    kind = "texts of mixed lengths" if result["texts"] == "mixed" else "every text at the token limit"
+    kind = {
+        "mixed": "texts of mixed lengths",
+        "long": "every text at the token limit",
+        "news": "news and encyclopedia texts",
+    }[result["texts"]]
+    precision = "bf16" if "precision=bf16" in one else "fp32"
     size = passes.rpartition("pass_size=")[2]
     return (
-        f"`{one.partition('@')[0]}` step in passes of {size}, {kind}",
+        f"`{one.partition('@')[0]}` step in passes of {size}, {kind}, {precision}",
         f"{result['median_step_s'][passes]:.3f} s ({ratio:.2f}x)",
         f"one pass: {result['median_step_s'][one]:.3f} s ({_threads(result)})",
         name,
@@ -752,21 +760,28 @@ def _setting_rows(runs: dict[Any, dict[int, dict]], reference: Any) -> list[str]
 
 
 def passes() -> str:
-    """The default strategy learning the same stream with each step in one pass and in passes, seed by
-    seed: AA, prequential accuracy and examples/s, and passes against one pass, paired by seed."""
-    runs: dict[str, dict[int, dict]] = {}
+    """The default strategy learning the same stream with each step in one pass and in passes, order by
+    order and seed by seed: AA, prequential accuracy and examples/s, and passes against one pass, paired by
+    seed."""
+    by_order: dict[str, dict[str, dict[int, dict]]] = {}
     for path in sorted(PASSES_DIR.glob("*.json")):
         result = json.loads(path.read_text())
+        runs = by_order.setdefault(result["order"], {})
         for row in result["strategies"].values():
             size = row["settings"]["pass_size"]
             runs.setdefault(f"passes of {size}" if size else "one pass", {})[result["config"]["seed"]] = row
     lines = [
-        "| each step in | AA | prequential accuracy | examples/s | examples/s against one pass (paired) |",
-        "|---|---:|---:|---:|---:|",
+        "| order | each step in | AA | prequential accuracy | examples/s "
+        "| examples/s against one pass (paired) |",
+        "|---|---|---:|---:|---:|---:|",
     ]
-    lines += _setting_rows(runs, "one pass")
-    aa = {name: {seed: row["aa"] for seed, row in by_seed.items()} for name, by_seed in runs.items()}
-    versus = [f"- {difference(name, 'one pass', aa)}" for name in sorted(aa) if name != "one pass"]
+    versus = []
+    for order, runs in sorted(by_order.items()):
+        lines += [f"| {order} {row}" for row in _setting_rows(runs, "one pass")]
+        aa = {name: {seed: row["aa"] for seed, row in by_seed.items()} for name, by_seed in runs.items()}
+        versus += [
+            f"- {order}: {difference(name, 'one pass', aa)}" for name in sorted(aa) if name != "one pass"
+        ]
     return "\n".join([*lines, "", *versus])
 
 
