@@ -323,7 +323,8 @@ def evaluation_share(model: str, defaults: Settings, rounds: int) -> dict[str, A
     learner = OnlineLearner(tokenizer, encoder, config)
     per_round = defaults.eval_every * defaults.batch_size
     stream = news_records(per_round * rounds + defaults.batch_size)
-    held = _probe_records(2 * defaults.eval_budget)
+    # Test texts of the tasks trained on, interleaved the same way: never trained on.
+    held = news_records(2 * defaults.eval_budget, split="test")
     learner.learn([Example(r["text"], r["label"]) for r in stream[: defaults.batch_size]])
     for start in range(0, len(held), defaults.probe_size):
         chunk = held[start : start + defaults.probe_size]
@@ -386,13 +387,6 @@ class PromotionChecks:
         self.seconds, self.count, self.texts = self.seconds + took, self.count + 1, self.texts + verdict.texts
         self.spacing = publication_spacing(self.publish_every_s, took)
         self.last = time.perf_counter()
-
-
-def _probe_records(count: int) -> list[dict[str, str]]:
-    """Test texts of the same tasks as `news_records`, interleaved the same way: never trained on."""
-    half = -(-count // 2)
-    pairs = zip(read_split("agnews", "test", half), read_split("dbpedia", "test", half), strict=True)
-    return [record for pair in pairs for record in pair][:count]
 
 
 def _rate(runs: list[dict[str, float]]) -> float:

@@ -92,10 +92,10 @@ def step_times(
     return times
 
 
-def news_records(count: int) -> list[dict[str, str]]:
+def news_records(count: int, split: str = "train") -> list[dict[str, str]]:
     """News topics and encyclopedia categories, interleaved, so every micro-batch holds several labels."""
     half = -(-count // 2)
-    pairs = zip(read_split("agnews", "train", half), read_split("dbpedia", "train", half), strict=True)
+    pairs = zip(read_split("agnews", split, half), read_split("dbpedia", split, half), strict=True)
     return [record for pair in pairs for record in pair][:count]
 
 
