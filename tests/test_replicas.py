@@ -53,11 +53,25 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> I
             client.close()
 
 
-def both_reach(cluster: Cluster, version: int) -> None:
-    """Wait until both replicas serve `version`, and print how long that took."""
+def both_reach_the_announced(cluster: Cluster) -> int:
+    """Wait until both replicas serve the newest announced version, and return it. The announcement is read
+    at each check: a snapshot whose write was in flight when the learner paused is announced a moment
+    later, and replicas that poll the store may load it first."""
     began = time.monotonic()
-    eventually(lambda: cluster.served_versions() == [version, version], 60, f"both replicas at {version}")
-    print(f"both replicas served version {version} {time.monotonic() - began:.2f} s after it was announced")
+    seen: list[tuple[int | None, list[int | None]]] = []
+
+    def both_at_the_announced() -> bool:
+        announced = latest_version(cluster.client, cluster.keys)
+        seen.append((announced[0] if announced else None, cluster.served_versions()))
+        return seen[-1][0] is not None and seen[-1][1] == [seen[-1][0]] * 2
+
+    try:
+        eventually(both_at_the_announced, 60, "both replicas at the announced version")
+    except AssertionError as err:
+        raise AssertionError(f"{err}; announced and served at the last check: {seen[-1]}") from None
+    version = seen[-1][0]
+    print(f"both replicas served version {version} within {time.monotonic() - began:.2f} s")
+    return version
 
 
 def test_both_replicas_serve_each_new_version_and_a_rollback(cluster: Cluster) -> None:
@@ -78,18 +92,13 @@ def test_both_replicas_serve_each_new_version_and_a_rollback(cluster: Cluster) -
     eventually(
         lambda: call(first, "GET", "/v1/model").json()["learner"] == "paused", 30, "the learner to pause"
     )
-    announced = latest_version(cluster.client, cluster.keys)
-    assert announced is not None
-    both_reach(cluster, announced[0])
+    served = both_reach_the_announced(cluster)
 
     oldest = call(first, "GET", "/v1/snapshots").json()[-1]
     rollback = call(first, "POST", f"/v1/snapshots/{oldest['id']}/rollback", json={"replay": False})
     assert rollback.status_code == 202, rollback.text
-    eventually(
-        lambda: latest_version(cluster.client, cluster.keys)[0] > announced[0], 30, "the rollback snapshot"
-    )
-    rolled_back = latest_version(cluster.client, cluster.keys)[0]
-    both_reach(cluster, rolled_back)
+    eventually(lambda: latest_version(cluster.client, cluster.keys)[0] > served, 30, "the rollback snapshot")
+    rolled_back = both_reach_the_announced(cluster)
     query = {"inputs": list(LABELS.values()), "top_k": 3}
     answers = [call(base, "POST", "/v1/predict", json=query).json() for base in cluster.replicas]
     assert answers[0]["model_version"] == answers[1]["model_version"] == rolled_back
