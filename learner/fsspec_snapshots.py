@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import fsspec
@@ -104,7 +104,7 @@ class FsspecSnapshotStore(SnapshotStore):
     def _exists(self, snapshot_id: str) -> bool:
         return self.fs.isdir(self._directory(snapshot_id))
 
-    def _write(self, manifest: Manifest, payload: dict[str, bytes]) -> None:
+    def _write(self, manifest: Manifest, payload: Mapping[str, bytes | bytearray]) -> None:
         directory = self._directory(manifest.id)
         try:
             self.fs.makedirs(directory, exist_ok=True)

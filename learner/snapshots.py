@@ -34,7 +34,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
-from safetensors.torch import save as dump_tensors
+
+from learner.tensor_file import tensor_file
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ class SnapshotStore:
 
     def write(
         self,
-        payload: Mapping[str, bytes],
+        payload: Mapping[str, bytes | bytearray],
         info: Mapping[str, Any] | None = None,
         parent: str | None = None,
         version: int | None = None,
@@ -405,7 +406,7 @@ class SnapshotStore:
             files=files,
         )
 
-    def _write(self, manifest: Manifest, payload: dict[str, bytes]) -> None:
+    def _write(self, manifest: Manifest, payload: Mapping[str, bytes | bytearray]) -> None:
         snapshot_id = manifest.id
         tmp = self.root / f"{_TMP_PREFIX}{snapshot_id}-{secrets.token_hex(4)}"
         final = self.root / snapshot_id
@@ -535,7 +536,7 @@ def newest_first(snapshot_ids: Iterable[str]) -> list[str]:
 
 def serialized(
     tensors: Mapping[str, Mapping[str, torch.Tensor]], state: Mapping[str, Any]
-) -> dict[str, bytes]:
+) -> dict[str, bytes | bytearray]:
     """The files of a snapshot of `tensors` and `state`, as bytes (for `SnapshotStore.write`)."""
     if not isinstance(state, Mapping):
         raise TypeError("state must be a mapping")
@@ -543,24 +544,17 @@ def serialized(
     for name, group in tensors.items():
         if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name in _RESERVED_NAMES:
             raise ValueError(f"invalid tensor group name {name!r}")
-        payload[name + TENSOR_SUFFIX] = dump_tensors(_prepare(name, group))
+        payload[name + TENSOR_SUFFIX] = tensor_file(_prepare(name, group))
     payload[STATE_FILE] = json.dumps(dict(state), separators=(",", ":")).encode()
     return payload
 
 
 def _prepare(group_name: str, group: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    seen: set[int] = set()
     prepared = {}
     for key, tensor in group.items():
         if not isinstance(key, str) or not isinstance(tensor, torch.Tensor):
             raise TypeError(f"tensor group {group_name!r}: entry {key!r} is not a str -> Tensor pair")
-        tensor = tensor.detach().cpu().contiguous()
-        pointer = tensor.untyped_storage().data_ptr()
-        if tensor.numel() and pointer in seen:
-            # safetensors refuses tensors that share memory (e.g. tied embeddings); store a copy.
-            tensor = tensor.clone()
-        seen.add(tensor.untyped_storage().data_ptr())
-        prepared[key] = tensor
+        prepared[key] = tensor.detach().cpu().contiguous()
     return prepared
 
 
@@ -575,7 +569,7 @@ def _best(manifests: list[Manifest], key: str) -> Manifest | None:
     return max(scored, key=lambda s: (s[0], s[1]))[2] if scored else None
 
 
-def _write_file(path: Path, data: bytes) -> None:
+def _write_file(path: Path, data: bytes | bytearray) -> None:
     with open(path, "xb") as handle:
         handle.write(data)
         handle.flush()
