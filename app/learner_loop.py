@@ -59,6 +59,7 @@ from typing import Any
 
 import redis
 
+from app.allocator import release_free_memory
 from app.faults import crash_point
 from app.ledger import Row, ledger_rows
 from learner.forgetting import Alarm, AlarmPolicy
@@ -462,7 +463,7 @@ class LearnerLoop:
                 time.monotonic() - began,
             )
             written = self._writer.submit(
-                self.store.write, payload, details, latest.id if latest else None, version
+                _write_then_free, self.store.write, payload, details, latest.id if latest else None, version
             )
             self._write = _Write(
                 written,
@@ -583,7 +584,9 @@ class LearnerLoop:
             except Exception as err:
                 self._publication_failed(err, updates, now)
                 return
-            written = self._writer.submit(self.published.write, payload, info, None, version)
+            written = self._writer.submit(
+                _write_then_free, self.published.write, payload, info, None, version
+            )
             self._write = _Write(
                 written,
                 lambda manifest: self._published(manifest, updates, now),
@@ -823,3 +826,15 @@ def _recovery_windows(entries: list[Entry], size: int) -> list[list[Entry]]:
         else:
             batches[-1].append(entry)
     return batches
+
+
+def _write_then_free(
+    write: Callable[..., Manifest], payload: dict[str, bytes | bytearray], *args: object
+) -> Manifest:
+    """`write(payload, *args)` on the writer thread, then drop the payload and give its memory back to the
+    system, so that the next write does not raise the learner's resident memory again."""
+    try:
+        return write(payload, *args)
+    finally:
+        payload.clear()
+        release_free_memory()

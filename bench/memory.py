@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from app.allocator import release_free_memory
 from bench.data import read_split
 from bench.meta import run_metadata
 from learner.encoder import default_model_path, load_encoder, tiny_bert
@@ -55,7 +56,7 @@ def child(steps: int, quick: bool, pass_size: int) -> dict[str, Any]:
     records = [r for r in read_split("yelp", "train", 2000) if len(r["text"]) > 1500]
     preloaded = TCMALLOC in Path("/proc/self/maps").read_text()
     loading_peak = _status_mb("VmHWM")
-    loaded = _in_use_mb(preloaded)
+    loaded = _in_use_mb()
     times, step_peaks = [], []
     for step in range(steps):
         batch = records[step * 16 : (step + 1) * 16]
@@ -73,7 +74,7 @@ def child(steps: int, quick: bool, pass_size: int) -> dict[str, Any]:
         "peak_rss_mb": max(loading_peak, *step_peaks, snapshot_peak),
         "end_rss_mb": end_rss,
         "loaded_mb": loaded,
-        "held_mb": _in_use_mb(preloaded),
+        "held_mb": _in_use_mb(),
         "step_peak_mb": max(step_peaks),
         "snapshot_peak_mb": snapshot_peak,
         # The first steps allocate the optimizer's state: the rest are the steady state.
@@ -93,13 +94,9 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def _in_use_mb(tcmalloc: bool) -> float:
+def _in_use_mb() -> float:
     """Resident memory once the allocator has returned its free pages to the system."""
-    process = ctypes.CDLL(None)
-    if tcmalloc:
-        process.MallocExtension_ReleaseFreeMemory()
-    else:
-        process.malloc_trim(0)
+    release_free_memory()
     return _status_mb("VmRSS")
 
 
