@@ -5,7 +5,8 @@
 
 One real `retentive serve` (tcmalloc preloaded where installed, as in the container image) receives
 `--backlog` news examples at once; the learner child's resident memory is sampled every 50 ms for
-`--seconds`, and its peak (VmHWM) read at the end. The result keeps the lowest and highest resident size in
+`--seconds`, or until the learner has read the whole backlog if that takes longer, and its peak (VmHWM)
+read at the end. The result keeps the lowest and highest resident size in
 each 10-second window, so a peak can be told apart from a level that creeps up, and the learner's snapshot
 and evaluation events from its log, to see which moments the peaks fall on.
 """
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=240.0, help="how long to sample")
+    parser.add_argument("--seconds", type=float, default=240.0, help="how long to sample, at least")
     parser.add_argument("--backlog", type=int, default=1500, help="examples posted at the start")
     parser.add_argument("--precision", default="auto", help="RETENTIVE_PRECISION of the learner")
     parser.add_argument("--quick", action="store_true", help="tiny model, a few seconds: a smoke run")
@@ -79,8 +80,9 @@ def learner_memory(
         sampler.start()
         with httpx.Client(base_url=base, timeout=60) as client:
             _post(client, records)
+            eventually(lambda: _counters(client).get("read", 0) >= len(records), 3600, "the backlog read")
             stop.wait(max(0.0, seconds - (time.monotonic() - began)))
-            counters = client.get("/v1/model").json()["counters"]
+            counters = _counters(client)
         peak = _peak_mb(child)
         stop.set()
         sampler.join()
@@ -100,6 +102,10 @@ def learner_memory(
 def learner_child(serve: Any) -> psutil.Process | None:
     children = [c for c in psutil.Process(serve.pid).children() if c.name() != "redis-server"]
     return children[0] if children else None
+
+
+def _counters(client: httpx.Client) -> dict[str, int]:
+    return client.get("/v1/model").json()["counters"]
 
 
 def _sample(child: psutil.Process, samples: list[tuple[float, float]], stop: threading.Event) -> None:

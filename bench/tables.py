@@ -606,6 +606,7 @@ def measured_alone_table() -> str:
             for name in ("step_speed_passes", "step_speed_passes_long", "step_speed_passes_news")
         ),
         *_memory_figures(_result("memory")),
+        *(_learner_memory_figure(name) for name in ("learner_memory", "learner_memory_fp32")),
         *(
             (
                 f"training held up by a {kind} ({writes[kind]['megabytes']:.0f} MB)",
@@ -678,6 +679,23 @@ def _memory_figures(memory: dict) -> list[tuple[str, str, str, str]]:
             "memory",
         ),
     ]
+
+
+def _learner_memory_figure(name: str) -> tuple[str, str, str, str]:
+    """The learner child's peak through the service, and what it kept once learned, against the same
+    `bench.learner_memory` run on the code before (`<name>_before.json`)."""
+    after, before = _result(name), _result(f"{name}_before")
+
+    def held(run: dict) -> str:
+        return f"{run['learner_peak_mb']:,.0f} MB; {run['learner_end_mb']:,.0f} MB once learned"
+
+    return (
+        f"learner's peak memory through `retentive serve`, {after['backlog']:,} news examples "
+        f"({after['updates']} updates), {after['precision']}",
+        held(after),
+        f"before ({before['commit']}): {held(before)}",
+        name,
+    )
 
 
 def _threads(result: dict) -> str:

@@ -15,6 +15,7 @@ from bench import (
     backoff,
     cl_stream,
     false_alarms,
+    learner_memory,
     long_stream,
     memory,
     speed,
@@ -316,3 +317,15 @@ def test_step_speed_times_strategies_and_passes_on_texts_as_a_stream_mixes_them(
     result = json.loads(out.read_text())
     assert result["texts"] == "mixed" and set(result["median_step_s"]) == set(specs)
     assert result["ratio_to_sgd"]["sgd"] == 1.0 and result["ratio_to_sgd"][specs[1]] > 0
+
+
+def test_learner_memory_follows_the_learner_child_through_the_service(
+    tmp_path: Path, cl_stream_dir: Path
+) -> None:
+    out = tmp_path / "learner_memory.json"
+    result = learner_memory.main(["--quick", "--seconds", "0", "--backlog", "60", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert result["applied"] > 0 and result["updates"] > 0, "the learner learned the backlog it was sent"
+    assert result["windows"], "the learner's memory was sampled"
+    assert max(window["max_mb"] for window in result["windows"]) <= math.ceil(result["learner_peak_mb"])
+    assert 0 < result["learner_end_mb"] <= result["learner_peak_mb"]
