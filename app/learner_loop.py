@@ -463,7 +463,12 @@ class LearnerLoop:
                 time.monotonic() - began,
             )
             written = self._writer.submit(
-                _write_then_free, self.store.write, payload, details, latest.id if latest else None, version
+                _write_then_release,
+                self.store.write,
+                payload,
+                details,
+                latest.id if latest else None,
+                version,
             )
             self._write = _Write(
                 written,
@@ -584,9 +589,7 @@ class LearnerLoop:
             except Exception as err:
                 self._publication_failed(err, updates, now)
                 return
-            written = self._writer.submit(
-                _write_then_free, self.published.write, payload, info, None, version
-            )
+            written = self._writer.submit(self.published.write, payload, info, None, version)
             self._write = _Write(
                 written,
                 lambda manifest: self._published(manifest, updates, now),
@@ -828,11 +831,13 @@ def _recovery_windows(entries: list[Entry], size: int) -> list[list[Entry]]:
     return batches
 
 
-def _write_then_free(
+def _write_then_release(
     write: Callable[..., Manifest], payload: dict[str, bytes | bytearray], *args: object
 ) -> Manifest:
     """`write(payload, *args)` on the writer thread, then drop the payload and give its memory back to the
-    system, so that the next write does not raise the learner's resident memory again."""
+    system, so that the next snapshot does not raise the learner's resident memory again. Publications
+    keep theirs: giving pages back makes the next step fault them in again, 5 to 7% slower, and a
+    publication's freed bytes are reused by the next one, of the same size."""
     try:
         return write(payload, *args)
     finally:
