@@ -63,3 +63,10 @@ def _count_lines(path: Path) -> int:
 def task_orders(root: Path | None = None) -> dict[str, list[str]]:
     manifest = json.loads(((root or data_dir()) / "manifest.json").read_text())
     return manifest["orders"]
+
+
+def news_records(count: int, split: str = "train") -> list[dict[str, str]]:
+    """News topics and encyclopedia categories, interleaved, so every micro-batch holds several labels."""
+    half = -(-count // 2)
+    pairs = zip(read_split("agnews", split, half), read_split("dbpedia", split, half), strict=True)
+    return [record for pair in pairs for record in pair][:count]

@@ -25,11 +25,11 @@ from typing import Any
 import httpx
 import psutil
 
+from bench.data import news_records
 from bench.memory import ALLOCATORS
 from bench.meta import run_metadata
 from bench.service import eventually, save_tiny_model, serve_log, serving
 from bench.speed import service_allocator
-from bench.step_speed import news_records
 from learner.devices import resolve_device, resolve_precision
 from learner.encoder import default_model_path
 

@@ -56,13 +56,13 @@ from torch.nn import functional
 
 from app.learner_loop import LearnerLoop, publication_spacing
 from app.settings import Settings
-from bench.data import read_split
+from bench.data import news_records, read_split
 from bench.memory import ALLOCATORS
 from bench.memory import available as available_allocators
 from bench.meta import run_metadata
 from bench.quantized import forward_timings, quantized_figures
 from bench.service import eventually, metric_sample, save_tiny_model, serving
-from bench.step_speed import news_records, step_times
+from bench.step_speed import step_times
 from learner.classifier import TextClassifier
 from learner.devices import describe, resolve_device, resolve_precision
 from learner.encoder import default_model_path, load_encoder, mean_pool

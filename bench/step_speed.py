@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from bench.cl_stream import parse_run
-from bench.data import read_split, task_orders
+from bench.data import news_records, read_split, task_orders
 from bench.meta import run_metadata
 from learner.encoder import default_model_path, load_encoder, tiny_bert
 from learner.online import LearnerConfig, OnlineLearner
@@ -90,13 +90,6 @@ def step_times(
             if step >= warmup:
                 times[name].append(time.perf_counter() - began)
     return times
-
-
-def news_records(count: int, split: str = "train") -> list[dict[str, str]]:
-    """News topics and encyclopedia categories, interleaved, so every micro-batch holds several labels."""
-    half = -(-count // 2)
-    pairs = zip(read_split("agnews", split, half), read_split("dbpedia", split, half), strict=True)
-    return [record for pair in pairs for record in pair][:count]
 
 
 def _records(kind: str) -> list[dict[str, str]]:
