@@ -18,7 +18,6 @@ import json
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from bench.data import news_records
 from bench.memory import ALLOCATORS
 from bench.meta import run_metadata
 from bench.service import eventually, save_tiny_model, serve_log, serving
-from bench.speed import service_allocator
+from bench.speed import peak_rss_mb, post_feedback, service_allocator
 from learner.devices import resolve_device, resolve_precision
 from learner.encoder import default_model_path
 
@@ -70,8 +69,8 @@ def learner_memory(
     """Resident memory of the learner child of one `retentive serve` learning `records`."""
     allocator = service_allocator()
     with serving(data_dir, model=model, precision=precision, environ=ALLOCATORS[allocator]) as (base, serve):
-        eventually(lambda: learner_child(serve) is not None, 60, "the learner child")
-        child = learner_child(serve)
+        eventually(lambda: _learner_child(serve) is not None, 60, "the learner child")
+        child = _learner_child(serve)
         assert child is not None
         samples: list[tuple[float, float]] = []
         stop = threading.Event()
@@ -79,11 +78,11 @@ def learner_memory(
         began = time.monotonic()
         sampler.start()
         with httpx.Client(base_url=base, timeout=60) as client:
-            _post(client, records)
+            post_feedback(client, records)
             eventually(lambda: _counters(client).get("read", 0) >= len(records), 3600, "the backlog read")
             stop.wait(max(0.0, seconds - (time.monotonic() - began)))
             counters = _counters(client)
-        peak = _peak_mb(child)
+        peak = peak_rss_mb(child.pid)
         stop.set()
         sampler.join()
         events = _events(serve_log(data_dir))
@@ -99,7 +98,7 @@ def learner_memory(
     }
 
 
-def learner_child(serve: Any) -> psutil.Process | None:
+def _learner_child(serve: Any) -> psutil.Process | None:
     children = [c for c in psutil.Process(serve.pid).children() if c.name() != "redis-server"]
     return children[0] if children else None
 
@@ -115,18 +114,6 @@ def _sample(child: psutil.Process, samples: list[tuple[float, float]], stop: thr
         except psutil.Error:
             return
         stop.wait(0.05)
-
-
-def _post(client: httpx.Client, records: list[dict[str, str]]) -> None:
-    for start in range(0, len(records), 100):
-        chunk = records[start : start + 100]
-        examples = [{"text": r["text"], "label": r["label"], "id": uuid.uuid4().hex} for r in chunk]
-        client.post("/v1/feedback", json={"examples": examples}).raise_for_status()
-
-
-def _peak_mb(child: psutil.Process) -> float:
-    status = Path(f"/proc/{child.pid}/status").read_text().splitlines()
-    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 def _windows(samples: list[tuple[float, float]], began: float) -> list[dict[str, float]]:

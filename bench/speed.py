@@ -470,7 +470,7 @@ def service_figures(
     allocator = service_allocator()
     with serving(data_dir, model=model, environ=ALLOCATORS[allocator]) as (base, process):
         with httpx.Client(base_url=base, timeout=60) as client:
-            _post(client, records[:64])
+            post_feedback(client, records[:64])
             eventually(lambda: _predicts(client), 600, "the first model")
             freshness = [_freshness(client, trial) for trial in range(sizes.freshness_trials)]
             _pause(client)
@@ -482,12 +482,12 @@ def service_figures(
             served_rate = _concurrent_predictions(base, texts, sizes.clients, sizes.client_requests)
             ingest = _ingest_rate(client, sizes.ingest_batches)
             xadd = _xadd_rate(data_dir, sizes.ingest_batches)
-            api_rss = _peak_rss_mb(process.pid)
-            _post(client, records[64:])
+            api_rss = peak_rss_mb(process.pid)
+            post_feedback(client, records[64:])
             client.post("/v1/learner/resume", json={}).raise_for_status()
             learning, paused = _learning_and_paused_latencies(client, texts, sizes)
         learner_rss = max(
-            (_peak_rss_mb(child.pid) for child in psutil.Process(process.pid).children()), default=0.0
+            (peak_rss_mb(child.pid) for child in psutil.Process(process.pid).children()), default=0.0
         )
     bare_rate = _bare_batched_rate(classifier, texts, sizes.clients, sizes.client_requests)
     bare_ms = statistics.median(bare)
@@ -687,7 +687,7 @@ def _learner_state(client: httpx.Client) -> str:
     return client.get("/v1/model").json()["learner"]
 
 
-def _post(client: httpx.Client, records: list[dict[str, str]]) -> None:
+def post_feedback(client: httpx.Client, records: list[dict[str, str]]) -> None:
     for start in range(0, len(records), 100):
         chunk = records[start : start + 100]
         examples = [{"text": r["text"], "label": r["label"], "id": uuid.uuid4().hex} for r in chunk]
@@ -701,7 +701,7 @@ def _model_dir(scratch: Path, quick: bool) -> str:
     return save_tiny_model(scratch / "tiny-model") if quick else str(default_model_path())
 
 
-def _peak_rss_mb(pid: int) -> float:
+def peak_rss_mb(pid: int) -> float:
     """Peak resident memory of a live process (VmHWM), in MiB."""
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

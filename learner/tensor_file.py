@@ -32,7 +32,7 @@ _ALIGNMENT = 8
 
 
 def tensor_file(tensors: Mapping[str, torch.Tensor]) -> bytearray:
-    """The safetensors file holding `tensors` (contiguous CPU tensors that share no memory)."""
+    """The safetensors file holding `tensors` (contiguous CPU tensors)."""
     names = sorted(tensors, key=lambda name: (-tensors[name].element_size(), name))
     header: dict[str, dict[str, object]] = {}
     starts: dict[str, int] = {}
