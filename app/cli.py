@@ -144,7 +144,12 @@ def serve(
         if child:
             child.start()
         try:
-            uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+            uvicorn.run(
+                create_app(settings),
+                host=settings.host,
+                port=settings.port,
+                timeout_keep_alive=settings.keep_alive_s,
+            )
         finally:
             if child:
                 child.stop()

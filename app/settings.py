@@ -271,6 +271,13 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address the API binds to.")
     port: int = Field(8000, ge=0, le=65535, description="Port the API binds to.")
+    keep_alive_s: int = Field(
+        75,
+        ge=1,
+        description="Seconds an idle HTTP connection is held open for its next request. Longer than the idle "
+        "limits of clients and load balancers (httpx 5 s, aiohttp 15 s, AWS ALB 60 s): the side that closes "
+        "an idle connection must be the client, or a request sent as the server closes fails unanswered.",
+    )
     device: str = Field(
         _LEARNER.device,
         description=f"Where the learner computes: {DEVICE_CHOICES}. auto takes CUDA where there is a GPU, "

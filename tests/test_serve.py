@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -34,6 +35,24 @@ def test_serve_starts_with_embedded_redis_and_reports_ready(served: str, tmp_pat
     ready = httpx.get(f"{served}/readyz").json()
     assert ready["status"] == "ready"
     assert (tmp_path / "redis" / "appendonly.aof").exists()
+
+
+def test_the_server_closes_an_idle_connection_after_keep_alive_s(tmp_path: Path) -> None:
+    with serving(tmp_path, keep_alive_s=1) as (base, _):
+        port = int(base.rsplit(":", 1)[1])
+        # Past the socket's 60 s timeout (the default holds a connection 75 s) the read raises instead.
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            received = _read_until_closed(conn)
+    assert received.startswith(b"HTTP/1.1 200 "), received
+    assert received.endswith(b'{"status":"ok"}'), received
+
+
+def _read_until_closed(conn: socket.socket) -> bytes:
+    received = b""
+    while chunk := conn.recv(65536):
+        received += chunk
+    return received
 
 
 def learner_child(serve: subprocess.Popen) -> psutil.Process:
