@@ -298,9 +298,13 @@ class OnlineLearner:
         self.model.train()
         batch = self.model.tokenize(all_texts)
         passes = _passes(batch["attention_mask"], self.config.pass_size)
-        # Imprinting a new label and a model of one label need every embedding before any loss.
-        if new_labels or len(passes) == 1 or len(self.model.labels) < 2:
+        # A model that will still hold one label learns nothing from a loss, but keeps the examples.
+        if len(passes) == 1 or len(self.model.labels) + len(new_labels) < 2:
             return self._step_in_one_pass(texts, labels, new_labels, batch, all_labels, is_replayed)
+        if new_labels:
+            return self._grow_then_step_in_passes(
+                texts, labels, new_labels, batch, all_labels, is_replayed, passes
+            )
         return self._step_in_passes(texts, labels, batch, all_labels, is_replayed, passes)
 
     def _step_in_one_pass(
@@ -327,6 +331,28 @@ class OnlineLearner:
         step.loss.backward()
         return self._update(texts, labels, step.touched, step.loss.item())
 
+    def _grow_then_step_in_passes(
+        self,
+        texts: list[str],
+        labels: list[str],
+        new_labels: list[str],
+        batch: BatchEncoding,
+        all_labels: list[str],
+        is_replayed: Tensor,
+        passes: list[Tensor],
+    ) -> LearnReport:
+        """A step that brings new labels, in passes all the same: imprinting needs the incoming embeddings
+        before any loss, so a forward pass without gradients gives them first. In one pass, such a step's
+        activations would be the largest the learner holds."""
+        incoming = torch.arange(len(texts), device=self.model.device)
+        with torch.no_grad(), autocast(self.model.device, self.precision):
+            embeddings = self.model.embed(_rows_of(batch, incoming)).float()
+        if not torch.isfinite(embeddings).all():
+            return self._skip()
+        self._score_before_learning(embeddings, labels)
+        self._grow(new_labels, embeddings, labels)
+        return self._step_in_passes(texts, labels, batch, all_labels, is_replayed, passes, scored=True)
+
     def _step_in_passes(
         self,
         texts: list[str],
@@ -335,6 +361,7 @@ class OnlineLearner:
         all_labels: list[str],
         is_replayed: Tensor,
         passes: list[Tensor],
+        scored: bool = False,
     ) -> LearnReport:
         """The same step in several forward and backward passes: only one pass's activations are held at
         a time, texts of like length share a pass, and the gradients add up to the one-pass step's (the
@@ -355,8 +382,9 @@ class OnlineLearner:
                 return self._skip()
             part.backward()
             loss += part.item()
-        # The head moves only in the update, so every pass saw the model these examples are scored by.
-        self._score_before_learning(incoming, labels)
+        if not scored:
+            # The head moves only in the update, so every pass saw the model these examples are scored by.
+            self._score_before_learning(incoming, labels)
         return self._update(texts, labels, plan.touched, loss)
 
     def _encode(self, batch: BatchEncoding, decide: bool) -> Tensor:

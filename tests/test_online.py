@@ -107,9 +107,10 @@ def test_a_step_in_passes_makes_the_update_of_the_step_in_one() -> None:
     for name, learner in (("one", one), ("passes", passes)):
         calls = forwards[name] = []
         learner.model.encoder.register_forward_hook(lambda *_, calls=calls: calls.append(1))
-        # The first step imprints both labels in one pass; the next two (8 new, 4 replayed) take four.
+        # The first step imprints both labels from a forward pass without gradients, then takes three
+        # passes; the next two (8 new, 4 replayed) take four.
         losses[name] = [learner.train_step(texts, labels).loss for _ in range(3)]
-    assert len(forwards["passes"]) == len(forwards["one"]) + 6
+    assert len(forwards["passes"]) == len(forwards["one"]) + 9
     assert losses["passes"] == pytest.approx(losses["one"], rel=1e-5)
     for key, value in weights(one).items():
         torch.testing.assert_close(weights(passes)[key], value, rtol=1e-4, atol=1e-6)
