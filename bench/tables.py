@@ -31,6 +31,9 @@ ORDERS_DIR = RESULTS / "orders"
 PRECISION_DIR = RESULTS / "precision"
 BATCH_DIR = RESULTS / "batch_size"
 PASSES_DIR = RESULTS / "passes"
+NEW_LABELS_DIR = RESULTS / "new_labels"
+# Each subfolder of NEW_LABELS_DIR holds the runs of one version of the code, named by how it steps.
+NEW_LABEL_STEPS = {"before": "one pass", "after": "passes of 12"}
 ORDERS = ("order1", "order2", "order3")
 TUNING_DIR = RESULTS / "tuning"
 # Student's t at 97.5% for 1 to 9 degrees of freedom: a 95% interval of a mean over 2 to 10 seeds.
@@ -788,8 +791,26 @@ def passes() -> str:
         for row in result["strategies"].values():
             size = row["settings"]["pass_size"]
             runs.setdefault(f"passes of {size}" if size else "one pass", {})[result["config"]["seed"]] = row
+    return _order_comparison(by_order, "each step in")
+
+
+def new_labels() -> str:
+    """The default strategy learning the same stream on the code before and after steps that bring new
+    labels ran in passes, order by order and seed by seed, as `passes` compares them."""
+    by_order: dict[str, dict[str, dict[int, dict]]] = {}
+    for folder, name in NEW_LABEL_STEPS.items():
+        for path in sorted((NEW_LABELS_DIR / folder).glob("*.json")):
+            result = json.loads(path.read_text())
+            (row,) = result["strategies"].values()
+            by_order.setdefault(result["order"], {}).setdefault(name, {})[result["config"]["seed"]] = row
+    return _order_comparison(by_order, "a step with new labels in")
+
+
+def _order_comparison(by_order: dict[str, dict[str, dict[int, dict]]], column: str) -> str:
+    """Per order, a row per way of stepping (`column` names them) and each against one pass, paired by
+    seed."""
     lines = [
-        "| order | each step in | AA | prequential accuracy | examples/s "
+        f"| order | {column} | AA | prequential accuracy | examples/s "
         "| examples/s against one pass (paired) |",
         "|---|---|---:|---:|---:|---:|",
     ]
@@ -808,6 +829,7 @@ TABLES = {
     "arrival": arrival,
     "batch": batch,
     "long": long,
+    "new_labels": new_labels,
     "orders": orders,
     "passes": passes,
     "precision": precision,
