@@ -451,6 +451,9 @@ class LearnerLoop:
                 info = {"cursor": self.state.cursor, "promoted": promoted}
                 tensors, state, details = self.learner.snapshot_contents(version, info, self._extra_state())
                 latest = self.store.latest()
+                # The pages the last step's activations freed go back first, so that the payload adds
+                # to what the learner holds, not to what its allocator kept.
+                release_free_memory()
                 payload = serialized(tensors, state)
             except Exception as err:
                 self._snapshot_failed(err, version, previous)
