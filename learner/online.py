@@ -301,11 +301,10 @@ class OnlineLearner:
         # A model that will still hold one label learns nothing from a loss, but keeps the examples.
         if len(passes) == 1 or len(self.model.labels) + len(new_labels) < 2:
             return self._step_in_one_pass(texts, labels, new_labels, batch, all_labels, is_replayed)
-        if new_labels:
-            return self._grow_then_step_in_passes(
-                texts, labels, new_labels, batch, all_labels, is_replayed, passes
-            )
-        return self._step_in_passes(texts, labels, batch, all_labels, is_replayed, passes)
+        if new_labels and not self._score_and_grow(texts, labels, new_labels, batch):
+            return self._skip()
+        scored = bool(new_labels)
+        return self._step_in_passes(texts, labels, batch, all_labels, is_replayed, passes, scored)
 
     def _step_in_one_pass(
         self,
@@ -331,27 +330,21 @@ class OnlineLearner:
         step.loss.backward()
         return self._update(texts, labels, step.touched, step.loss.item())
 
-    def _grow_then_step_in_passes(
-        self,
-        texts: list[str],
-        labels: list[str],
-        new_labels: list[str],
-        batch: BatchEncoding,
-        all_labels: list[str],
-        is_replayed: Tensor,
-        passes: list[Tensor],
-    ) -> LearnReport:
-        """A step that brings new labels, in passes all the same: imprinting needs the incoming embeddings
-        before any loss, so a forward pass without gradients gives them first. In one pass, such a step's
-        activations would be the largest the learner holds."""
+    def _score_and_grow(
+        self, texts: list[str], labels: list[str], new_labels: list[str], batch: BatchEncoding
+    ) -> bool:
+        """Before a step in passes that brings new labels: imprinting needs the incoming embeddings before
+        any loss, so a forward pass without gradients gives them, to score the examples and grow the head
+        (in one pass, such a step's activations would be the largest the learner holds). False, and
+        nothing grown, when an embedding is not finite."""
         incoming = torch.arange(len(texts), device=self.model.device)
         with torch.no_grad(), autocast(self.model.device, self.precision):
             embeddings = self.model.embed(_rows_of(batch, incoming)).float()
         if not torch.isfinite(embeddings).all():
-            return self._skip()
+            return False
         self._score_before_learning(embeddings, labels)
         self._grow(new_labels, embeddings, labels)
-        return self._step_in_passes(texts, labels, batch, all_labels, is_replayed, passes, scored=True)
+        return True
 
     def _step_in_passes(
         self,
